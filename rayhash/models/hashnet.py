@@ -1,0 +1,70 @@
+"""The hash model: a registered backbone, then a head to ``bits`` continuous codes in (-1, 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rayhash.codes import check_nbits
+from rayhash.models.backbones import backbone_spec, create_backbone
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "small_cnn"
+    bits: int = 64
+    pretrained: bool = True
+    image_size: int = 0  # 0: the backbone's own input size
+    channels: int = 0  # 0: the backbone's own channel count
+    head_hidden: int = 0  # 0: a single linear layer, as in DSCH's released scripts
+    mean: tuple[float, ...] = ()  # empty: the backbone's normalisation
+    std: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What an image must be turned into before the model sees it."""
+
+    image_size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def input_spec(cfg: ModelConfig) -> InputSpec:
+    spec = backbone_spec(cfg.backbone)
+    channels = cfg.channels or spec.channels
+    mean, std = cfg.mean or spec.mean, cfg.std or spec.std
+    if len(mean) != channels:  # a 1-channel normalisation reused for 3 channels, or back
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    return InputSpec(cfg.image_size or spec.image_size, channels, tuple(mean), tuple(std))
+
+
+class HashModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        check_nbits(cfg.bits)
+        self.cfg = cfg
+        self.input = input_spec(cfg)
+        self.backbone, feature_dim = create_backbone(cfg.backbone, in_channels=self.input.channels, pretrained=cfg.pretrained)
+        if cfg.head_hidden:
+            self.head = nn.Sequential(
+                nn.Linear(feature_dim, cfg.head_hidden), nn.BatchNorm1d(cfg.head_hidden), nn.ReLU(inplace=True),
+                nn.Linear(cfg.head_hidden, cfg.bits),
+            )
+        else:
+            self.head = nn.Linear(feature_dim, cfg.bits)
+
+    @property
+    def nbits(self) -> int:
+        return self.cfg.bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Continuous codes ``h`` in (-1, 1)^bits; ``rayhash.codes.binarize`` gives the binary code."""
+        return torch.tanh(self.head(self.backbone(x)))
+
+
+def build_model(cfg: ModelConfig) -> HashModel:
+    return HashModel(cfg)

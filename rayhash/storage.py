@@ -1,0 +1,183 @@
+"""One filesystem helper for every URI rayhash reads or writes: a local path or ``s3://``.
+
+S3 settings come from the standard environment variables at call time (never at import), so
+Ray workers see what the driver set through ``runtime_env``:
+
+- ``AWS_ENDPOINT_URL``: a non-AWS endpoint (MinIO, moto's server on loopback, ...);
+- ``AWS_DEFAULT_REGION`` / ``AWS_REGION``; credentials as botocore reads them.
+
+A write that must never be seen half-done goes through :func:`write_bytes_atomic`: a local
+file is written beside its target and renamed over it; an S3 object is one PUT, which S3
+makes visible all at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import uuid
+from typing import Iterator
+
+import fsspec
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def _s3_kwargs() -> dict:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    client_kwargs = {}
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    if region:
+        client_kwargs["region_name"] = region
+    return {"client_kwargs": client_kwargs}
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``uri`` and the path inside it (no scheme)."""
+    uri = str(uri)
+    if is_s3(uri):
+        import s3fs
+
+        # skip_instance_cache: the endpoint may differ between tests in one process.
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, **_s3_kwargs())
+        return fs, uri[len("s3://"):].rstrip("/")
+    return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(uri))
+
+
+def arrow_filesystem(uri: str):
+    """A ``pyarrow.fs.FileSystem`` and path for ``uri`` (for Parquet and Ray Data)."""
+    import pyarrow.fs as pafs
+
+    uri = str(uri)
+    if is_s3(uri):
+        kw = _s3_kwargs()["client_kwargs"]
+        endpoint = kw.get("endpoint_url")
+        options = {"region": kw.get("region_name", "us-east-1")}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            options.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+        return pafs.S3FileSystem(**options), uri[len("s3://"):].rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def join(uri: str, *parts: str) -> str:
+    uri = str(uri)
+    if is_s3(uri):
+        return "s3://" + posixpath.join(uri[len("s3://"):].rstrip("/"), *parts)
+    return os.path.join(uri, *parts)
+
+
+def to_uri(fs_path: str, like: str) -> str:
+    """Turn a path returned by ``filesystem(like)`` back into a URI of the same scheme."""
+    return "s3://" + fs_path.lstrip("/") if is_s3(like) else fs_path
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def makedirs(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if not is_s3(uri):  # S3 has no directories to make
+        fs.makedirs(path, exist_ok=True)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def size(uri: str) -> int:
+    fs, path = filesystem(uri)
+    return int(fs.size(path))
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write ``data`` so that readers see either the old object or the whole new one."""
+    fs, path = filesystem(uri)
+    if is_s3(uri):
+        fs.pipe_file(path, data)
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text_atomic(uri: str, text: str) -> None:
+    write_bytes_atomic(uri, text.encode("utf-8"))
+
+
+def remove(uri: str, recursive: bool = False) -> None:
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=recursive)
+
+
+def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
+    """Every file below ``uri`` (recursive), as sorted URIs of the same scheme."""
+    fs, path = filesystem(uri)
+    if fs.isfile(path):
+        found = [path]
+    else:
+        found = [p for p in fs.find(path) if not p.endswith("/")]
+    if suffixes:
+        found = [p for p in found if p.lower().endswith(tuple(s.lower() for s in suffixes))]
+    return sorted(to_uri(p, uri) for p in found)
+
+
+def iter_chunks(uri: str) -> Iterator[bytes]:
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            yield chunk
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_uri(uri: str) -> str:
+    h = hashlib.sha256()
+    for chunk in iter_chunks(uri):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+class ChecksumError(ValueError):
+    """A stored artifact's bytes do not match the SHA-256 recorded for them."""
+
+
+def read_verified(uri: str, sha256: str) -> bytes:
+    """Read ``uri`` and refuse it unless its SHA-256 matches before anyone parses it."""
+    data = read_bytes(uri)
+    got = sha256_bytes(data)
+    if got != sha256:
+        raise ChecksumError(
+            f"{uri}: SHA-256 is {got}, the manifest records {sha256}; the file was changed "
+            "or only partly written. Rebuild it rather than loading it."
+        )
+    return data
