@@ -27,7 +27,7 @@ def _unknown_key(key: str, allowed: Sequence[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return ConfigError(
-        f"unknown config key {where}{key!r}.{hint} Allowed keys here: {', '.join(sorted(allowed))}."
+        f"unknown config key {(where + key)!r}.{hint} Allowed keys here: {', '.join(sorted(allowed))}."
     )
 
 

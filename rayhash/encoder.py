@@ -32,6 +32,8 @@ class ImageEncoder:
         self.model = model.to(self.device).eval()
         spec = model.input
         self.transform = eval_transform(spec.image_size, spec.channels, spec.mean, spec.std)
+        self._shift = torch.tensor(spec.mean).view(1, -1, 1, 1) * 255.0
+        self._scale = 1.0 / (255.0 * torch.tensor(spec.std).view(1, -1, 1, 1))
         self.checkpoint_uri = checkpoint_uri
         self.checkpoint_sha256 = checkpoint_sha256
         self.batch_size = batch_size
@@ -50,6 +52,13 @@ class ImageEncoder:
         return self.model.nbits
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        spec = self.model.input
+        first = np.asarray(images[0]).shape if len(images) else None
+        if first == (spec.image_size, spec.image_size, spec.channels) and all(np.shape(im) == first for im in images):
+            # Images already at the model's size (a dataset's usual case): one vectorised
+            # normalisation instead of a Python call per image, which dominated encoding time.
+            x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+            return (x - self._shift) * self._scale
         return torch.stack([self.transform(img) for img in images])
 
     @torch.inference_mode()

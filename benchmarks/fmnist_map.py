@@ -1,0 +1,103 @@
+"""Fashion-MNIST protocol (shared/PROTOCOL.md): DSCH, its ablation, ITQ and LSH at 16/32/64 bits.
+
+    python benchmarks/fmnist_map.py --bits 16 32 64 --seeds 0 1 2 --methods dsch dsch-ablation itq lsh
+
+Each (method, bits, seed) trains through the real Ray trainer (local cluster) and is scored by the
+same harness as ``rayhash eval``. Rows are merged into benchmarks/results/fmnist_map.json as
+they finish, so a long sweep can be stopped and resumed; extra ``--section.key=value`` arguments
+override the config of the deep methods (recorded in each row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results", "fmnist_map.json")
+
+
+def hardware() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
+
+
+def load_rows() -> list[dict]:
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as f:
+            return json.load(f)["rows"]
+    return []
+
+
+def save_rows(rows: list[dict], command: str) -> None:
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS + ".tmp", "w") as f:
+        json.dump({"protocol": "fmnist-1k", "command": command, "rows": rows}, f, indent=1)
+    os.replace(RESULTS + ".tmp", RESULTS)
+
+
+def run_deep(method: str, bits: int, seed: int, overrides: list[str], storage: str) -> dict:
+    from rayhash.config import load
+    from rayhash.evaluate import evaluate_checkpoint
+    from rayhash.train.config import TrainConfig
+    from rayhash.train.loop import load_split
+    from rayhash.train.trainer import run_training
+
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", f"fmnist-dsch-{bits}.yaml")
+    name = f"bench-{method}-{bits}-s{seed}-{int(time.time())}"
+    cfg = load(TrainConfig, config, [f"--run.seed={seed}", f"--method.seed={seed}", f"--run.name={name}",
+                                     f"--run.storage_path={storage}",
+                                     f"--method.ablation={'true' if method.endswith('ablation') else 'false'}", *overrides])
+    t0 = time.perf_counter()
+    result = run_training(cfg)
+    train_seconds = time.perf_counter() - t0
+    data, split = load_split(cfg.data)
+    metrics = evaluate_checkpoint(result.checkpoint, data, split, k=1000)
+    return {"map_at_1000": metrics["map_at_k"], "train_seconds": train_seconds,
+            "rounds": cfg.run.rounds, "overrides": overrides}
+
+
+def run_baseline(method: str, bits: int, seed: int) -> dict:
+    from rayhash.data.sources import load_source
+    from rayhash.data.splits import protocol_split
+    from rayhash.evaluate import evaluate_baseline
+
+    data = load_source("fashion-mnist")
+    metrics = evaluate_baseline(method, data, protocol_split("fmnist-1k", data.labels), bits, seed=seed, k=1000)
+    return {"map_at_1000": metrics["map_at_k"], "train_seconds": metrics["train_seconds"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=["dsch", "dsch-ablation", "itq", "lsh"])
+    parser.add_argument("--storage", default="/tmp/rayhash-bench")
+    args, overrides = parser.parse_known_args()
+    command = "python benchmarks/fmnist_map.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    rows = load_rows()
+    for bits in args.bits:
+        for seed in args.seeds:
+            for method in args.methods:
+                t0 = time.perf_counter()
+                extra = run_baseline(method, bits, seed) if method in ("itq", "lsh") else run_deep(
+                    method, bits, seed, overrides, args.storage)
+                row = {"method": method, "bits": bits, "seed": seed, **extra, "hardware": hardware(),
+                       "wall_seconds": time.perf_counter() - t0, "command": command}
+                rows = [r for r in rows if (r["method"], r["bits"], r["seed"]) != (method, bits, seed)] + [row]
+                save_rows(rows, command)
+                print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from rayhash.cli import main
+
+sys.exit(main())

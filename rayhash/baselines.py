@@ -1,0 +1,158 @@
+"""Shallow hashing baselines that every learned method must beat: LSH and ITQ.
+
+Both fit on a training set of feature vectors ``(n, d)`` and encode to continuous
+projections ``(n, nbits)`` that :func:`rayhash.codes.pack` binarises (bit = projection > 0).
+Their state is a plain dict of numpy arrays, so it saves with ``numpy.savez`` and loads
+without pickle.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from rayhash.codes import check_nbits
+
+logger = logging.getLogger(__name__)
+
+
+def _check_features(x, name: str = "x", dims: int | None = None, dtype=np.float64) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number) or len(x) == 0:
+        raise ValueError(
+            f"{name} must be a non-empty numeric array (n, d), got {x.dtype} {x.shape}; "
+            "flatten images first."
+        )
+    if dims is not None and x.shape[1] != dims:
+        raise ValueError(f"{name} has {x.shape[1]} features but the baseline was fitted on {dims}.")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} holds NaN or infinite values.")
+    return x.astype(dtype, copy=False)
+
+
+class _Baseline:
+    """A mean to centre with and a linear projection ``(d, nbits)``: encode = (x - mean) @ W."""
+
+    def __init__(self) -> None:
+        self.mean: np.ndarray | None = None
+        self.projection: np.ndarray | None = None
+
+    @property
+    def nbits(self) -> int:
+        self._check_fitted()
+        return int(self.projection.shape[1])
+
+    def _check_fitted(self) -> None:
+        if self.projection is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not fitted: call fit(x, nbits, seed) or "
+                "load_state_dict first."
+            )
+
+    def encode(self, x) -> np.ndarray:
+        """Continuous projections ``(n, nbits)`` float32; pack them with ``rayhash.codes.pack``."""
+        self._check_fitted()
+        # float32 halves the memory of encoding a whole dataset; fitting stays in float64.
+        x = _check_features(x, dims=len(self.mean), dtype=np.float32)
+        return (x - self.mean.astype(np.float32)) @ self.projection.astype(np.float32)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        self._check_fitted()
+        return {"mean": self.mean.copy(), "projection": self.projection.copy()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> _Baseline:
+        missing = {"mean", "projection"} - set(state)
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} state lacks {sorted(missing)}; it holds {sorted(state)}."
+            )
+        mean = np.asarray(state["mean"], np.float64)
+        projection = np.asarray(state["projection"], np.float64)
+        if mean.ndim != 1 or projection.ndim != 2 or projection.shape[0] != len(mean):
+            raise ValueError(
+                f"state shapes do not fit: mean {mean.shape}, projection {projection.shape}."
+            )
+        check_nbits(int(projection.shape[1]))
+        self.mean, self.projection = mean, projection
+        return self
+
+
+class LSH(_Baseline):
+    """Random hyperplanes through the training mean (Charikar's SimHash on centred inputs)."""
+
+    def fit(self, x, nbits: int, seed: int = 0) -> LSH:
+        x = _check_features(x)
+        check_nbits(nbits)
+        self.mean = x.mean(axis=0)
+        self.projection = np.random.default_rng(seed).standard_normal((x.shape[1], nbits))
+        return self
+
+
+class ITQ(_Baseline):
+    """Iterative quantisation (Gong & Lazebnik, CVPR 2011): PCA to nbits, then a rotation R
+    that minimises the quantisation loss ``||sign(V R) - V R||^2`` by alternating the codes
+    and an orthogonal Procrustes step, from a seeded random rotation."""
+
+    def __init__(self, n_iter: int = 50) -> None:
+        super().__init__()
+        if n_iter < 0:
+            raise ValueError(f"n_iter must be >= 0, got {n_iter}.")
+        self.n_iter = n_iter
+        self.pca: np.ndarray | None = None  # (d, nbits) principal directions
+        self.rotation: np.ndarray | None = None  # (nbits, nbits) orthogonal
+        self.loss_history: list[float] = []  # loss at the start and after each iteration
+
+    def fit(self, x, nbits: int, seed: int = 0) -> ITQ:
+        x = _check_features(x)
+        check_nbits(nbits)
+        if nbits > min(x.shape):
+            raise ValueError(
+                f"ITQ keeps nbits={nbits} principal components, but x {x.shape} has at most "
+                f"{min(x.shape)}; use fewer bits or more samples/features."
+            )
+        self.mean = x.mean(axis=0)
+        centred = x - self.mean
+        eigvals, eigvecs = np.linalg.eigh(centred.T @ centred)  # ascending order
+        pca = eigvecs[:, ::-1][:, :nbits]
+        v = centred @ pca
+        rotation, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((nbits, nbits)))
+        self.loss_history = [_quantisation_loss(v @ rotation)]
+        for _ in range(self.n_iter):
+            b = np.where(v @ rotation > 0, 1.0, -1.0)
+            # Procrustes: the orthogonal R maximising tr(B^T V R) is U_A U_B^T for B^T V = U_B S U_A^T.
+            u_b, _, u_a_t = np.linalg.svd(b.T @ v)
+            rotation = u_a_t.T @ u_b.T
+            self.loss_history.append(_quantisation_loss(v @ rotation))
+        logger.debug("ITQ %d bits: quantisation loss %.4g -> %.4g",
+                     nbits, self.loss_history[0], self.loss_history[-1])  # fmt: skip
+        self.pca, self.rotation = pca, rotation
+        self.projection = pca @ rotation
+        return self
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {**super().state_dict(), "pca": self.pca.copy(), "rotation": self.rotation.copy()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> ITQ:
+        if not {"pca", "rotation"} <= set(state):
+            raise ValueError(
+                f"ITQ state needs 'pca' and 'rotation' beside the projection; it holds {sorted(state)}."
+            )
+        super().load_state_dict(state)
+        self.pca = np.asarray(state["pca"], np.float64)
+        self.rotation = np.asarray(state["rotation"], np.float64)
+        return self
+
+
+def _quantisation_loss(z: np.ndarray) -> float:
+    return float(np.square(np.where(z > 0, 1.0, -1.0) - z).sum())
+
+
+BASELINES = {"lsh": LSH, "itq": ITQ}
+
+
+def create_baseline(name: str, **kwargs) -> _Baseline:
+    """An unfitted baseline by name (``lsh`` or ``itq``)."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(sorted(BASELINES))}.")
+    return BASELINES[name](**kwargs)

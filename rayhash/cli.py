@@ -1,0 +1,125 @@
+"""The ``rayhash`` command line: parse, connect to Ray where needed, call one library function.
+
+    rayhash train --config configs/fmnist-dsch-64.yaml [--run.num_workers=2 ...]
+    rayhash eval --checkpoint runs/dsch-fmnist/checkpoint_... [--protocol fmnist-1k]
+
+Every ``--section.key=value`` after the named options overrides the YAML config; unknown keys
+and wrong types stop before any work with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+def connect_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster this process was submitted to (``ray job submit``), else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+
+
+def _split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    known, overrides = [], []
+    for a in args:
+        (overrides if a.startswith("--") and "=" in a and "." in a.split("=", 1)[0] else known).append(a)
+    return known, overrides
+
+
+def cmd_train(ns: argparse.Namespace, overrides: list[str]) -> int:
+    from rayhash.config import dump_yaml, load
+    from rayhash.train.config import TrainConfig
+    from rayhash.train.trainer import train_job
+
+    cfg = load(TrainConfig, ns.config, overrides)
+    logger.info("resolved config:\n%s", dump_yaml(cfg))
+    connect_ray(ns.address, ns.num_cpus)
+    result = train_job(cfg)
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace, overrides: list[str]) -> int:
+    from rayhash import checkpoint
+    from rayhash.config import from_dict, replace
+    from rayhash.train.config import DataConfig, EvalConfig, TrainConfig
+    from rayhash.train.trainer import evaluate_run
+
+    saved = checkpoint.load(ns.checkpoint).config
+    cfg = from_dict(TrainConfig, saved)
+    data = cfg.data if ns.protocol is None else replace(cfg.data, protocol=ns.protocol)
+    if ns.data_path:
+        data = replace(data, path=ns.data_path)
+    output = ns.output or storage_join(ns.checkpoint, "eval")
+    cfg = replace(cfg, data=from_dict(DataConfig, data.__dict__),
+                  eval=EvalConfig(k=ns.k, output=output, baselines=tuple(ns.baselines)))
+    evaluate_run(cfg, ns.checkpoint)
+    return 0
+
+
+def storage_join(uri: str, name: str) -> str:
+    from rayhash import storage
+
+    return storage.join(uri, name)
+
+
+def _protocol_name(text: str) -> str:
+    # "fmnist" and "cifar10" are the short names users type; the splits are named by PROTOCOL.md.
+    return {"fmnist": "fmnist-1k", "cifar10": "cifar10-1"}.get(text, text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rayhash", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a hashing model on Ray Train, then evaluate it")
+    p.add_argument("--config", help="YAML config (local or s3://); defaults are rayhash.train.config.TrainConfig")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local cluster, when one is started")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="mAP@k, P@N and PR curves of a checkpoint on a protocol split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--protocol", type=_protocol_name, help="split name (fmnist, fmnist-1k, cifar10, ...); default: the run's")
+    p.add_argument("--data-path", help="where the source's data is, if not where the run found it")
+    p.add_argument("--k", type=int, default=1000)
+    p.add_argument("--baselines", nargs="*", default=["itq", "lsh"], help="baselines scored beside the checkpoint")
+    p.add_argument("--output", help="report folder (default: <checkpoint>/eval)")
+    p.set_defaults(func=cmd_eval)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Later stages (encode, index, serve) add their subcommands here.
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    known, overrides = _split_overrides(argv)
+    parser = build_parser()
+    ns = parser.parse_args(known)
+    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from rayhash.config import ConfigError
+
+    try:
+        return ns.func(ns, overrides)
+    except ConfigError as e:
+        parser.exit(2, f"rayhash {ns.command}: config error: {e}\n")
+    return 0

@@ -1,0 +1,282 @@
+"""Cluster-wide Gaussian mixture EM with the semantics of scikit-learn's ``GaussianMixture``.
+
+Every rank holds its own rows. Each EM iteration is one pass over the local rows that
+computes responsibilities and accumulates the sufficient statistics (counts, sums, second
+moments) in float64; one all-reduce sums them and every rank applies the same M-step, so an
+N-rank fit equals a one-process fit on the rows concatenated in rank order.
+
+Speed: a Gaussian's log-density is a linear function of the features (x_i x_j for i <= j, x),
+so both the E-step and the second moments of the M-step are one matrix product per block,
+with half the work of the per-component products scikit-learn does. Data are shifted by
+their global mean first so that second moments lose no precision to a large offset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Iterator, NamedTuple
+
+import torch
+
+from rayhash import dist
+from rayhash.clustering.kmeans import assign, block_rows, check_points, kmeans, kmeans_plusplus
+
+logger = logging.getLogger(__name__)
+
+COVARIANCE_TYPES = ("full", "diag")
+INITS = ("kmeans", "kmeans++")
+_EPS = torch.finfo(torch.float64).eps
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclasses.dataclass(frozen=True)
+class GMMState:
+    means: torch.Tensor  # (m, d) float64
+    covariances: torch.Tensor  # (m, d, d) for "full", (m, d) for "diag"; float64
+    weights: torch.Tensor  # (m,) float64, sums to 1
+    covariance_type: str
+    n_iter: int  # EM iterations run
+    converged: bool
+    lower_bound: float  # mean log-likelihood over all ranks' rows at the last E-step
+
+
+class _Scorer(NamedTuple):
+    """log(w_k N(x | k)) = features(x) @ quad + x @ lin + const, column k per component."""
+
+    quad: torch.Tensor  # (n_features, m)
+    lin: torch.Tensor  # (d, m)
+    const: torch.Tensor  # (m,)
+
+
+def _features(x: torch.Tensor, covariance_type: str) -> torch.Tensor:
+    if covariance_type == "diag":
+        return x * x
+    i, j = torch.triu_indices(x.shape[1], x.shape[1], device=x.device)
+    return x[:, i] * x[:, j]
+
+
+def _not_positive_definite(bad: torch.Tensor) -> ValueError:
+    return ValueError(
+        f"GMM components {bad.flatten().tolist()[:10]} have a covariance that is not positive definite "
+        "(too few or identical points); increase reg_covar or use fewer components"
+    )
+
+
+def _scorer(means: torch.Tensor, covariances: torch.Tensor, weights: torch.Tensor, covariance_type: str) -> _Scorer:
+    m, d = means.shape
+    if covariance_type == "full":
+        chol, info = torch.linalg.cholesky_ex(covariances)
+        if (info > 0).any():
+            raise _not_positive_definite((info > 0).nonzero())
+        eye = torch.eye(d, dtype=means.dtype, device=means.device).expand(m, d, d)
+        chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)
+        precision = chol_inv.mT @ chol_inv
+        i, j = torch.triu_indices(d, d, device=means.device)
+        # Off-diagonal features x_i x_j (i < j) stand for both (i, j) and (j, i).
+        quad = -0.5 * precision[:, i, j] * torch.where(i == j, 1.0, 2.0).to(means)
+        lin = (precision @ means[:, :, None])[:, :, 0]
+        mahalanobis_mean = ((chol_inv @ means[:, :, None])[:, :, 0] ** 2).sum(1)
+        half_logdet_precision = -torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(1)
+    else:
+        if (covariances <= 0).any():
+            raise _not_positive_definite((covariances <= 0).any(1).nonzero())
+        precision = 1.0 / covariances
+        quad = -0.5 * precision
+        lin = means * precision
+        mahalanobis_mean = (means * means * precision).sum(1)
+        half_logdet_precision = -0.5 * torch.log(covariances).sum(1)
+    const = -0.5 * (d * _LOG_2PI + mahalanobis_mean) + half_logdet_precision + torch.log(weights)
+    return _Scorer(quad.T.contiguous(), lin.T.contiguous(), const)
+
+
+def _log_prob(xb: torch.Tensor, features: torch.Tensor, scorer: _Scorer) -> torch.Tensor:
+    return torch.addmm(scorer.const, features, scorer.quad).addmm_(xb, scorer.lin)
+
+
+def _posterior(log_prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of softmax(log_prob) and their log-sum-exp, with one exp pass (in place)."""
+    top = log_prob.max(1, keepdim=True).values
+    # exp() takes a slow path where its result is subnormal; such terms are 0 to float64 anyway.
+    prob = log_prob.sub_(top).clamp_min_(-700.0).exp_()
+    total = prob.sum(1, keepdim=True)
+    return prob.div_(total), (total.log_() + top)[:, 0]
+
+
+def _accumulate(
+    xs: torch.Tensor,
+    m: int,
+    covariance_type: str,
+    chunk_rows: int | None,
+    *,
+    scorer: _Scorer | None = None,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One pass over the local rows, summed over ranks: [counts (m) | sums (m*d) |
+    second moments (m*f) | log-likelihood sum], weighted by the posteriors under ``scorer``
+    or by the one-hot ``labels``."""
+    n_features = xs.shape[1] if covariance_type == "diag" else xs.shape[1] * (xs.shape[1] + 1) // 2
+    counts = xs.new_zeros(m)
+    sums = xs.new_zeros((m, xs.shape[1]))
+    second = xs.new_zeros((m, n_features))
+    loglik = xs.new_zeros(1)
+    step = block_rows(m + n_features, chunk_rows)
+    for start in range(0, len(xs), step):
+        xb = xs[start : start + step]
+        fb = _features(xb, covariance_type)
+        if labels is not None:
+            resp = torch.nn.functional.one_hot(labels[start : start + step], m).to(xb)
+        else:
+            resp, ll = _posterior(_log_prob(xb, fb, scorer))
+            loglik += ll.sum()
+        counts += resp.sum(0)
+        sums.addmm_(resp.T, xb)
+        second.addmm_(resp.T, fb)
+    return dist.all_reduce_sum(torch.cat([counts, sums.flatten(), second.flatten(), loglik]))
+
+
+def _m_step(stats: torch.Tensor, m: int, d: int, covariance_type: str, reg_covar: float) -> tuple[torch.Tensor, ...]:
+    counts, rest = stats[:m] + 10 * _EPS, stats[m:-1]  # sklearn's guard against empty components
+    means = rest[: m * d].view(m, d) / counts[:, None]
+    second = rest[m * d :].view(m, -1) / counts[:, None]
+    if covariance_type == "full":
+        i, j = torch.triu_indices(d, d, device=stats.device)
+        moment = stats.new_zeros((m, d, d))
+        moment[:, i, j] = second
+        moment[:, j, i] = second
+        covariances = moment - means[:, :, None] * means[:, None, :]
+        covariances.diagonal(dim1=1, dim2=2).add_(reg_covar)
+    else:
+        covariances = second - means * means + reg_covar
+    return counts / counts.sum(), means, covariances
+
+
+def fit_gmm(
+    x: torch.Tensor,
+    n_components: int,
+    *,
+    covariance_type: str = "full",
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    seed: int = 0,
+    init: str = "kmeans",
+    chunk_rows: int | None = None,
+) -> GMMState:
+    """Fit a Gaussian mixture to the rows of every rank; ``x`` is this rank's (n_local, d) shard.
+
+    As scikit-learn's ``GaussianMixture(n_init=1)``: initial responsibilities are the one-hot
+    k-means labels (``init="kmeans"``, or the nearest k-means++ seed with ``"kmeans++"``,
+    cheaper for many components), then EM until the mean log-likelihood changes by less than
+    ``tol``. ``reg_covar`` is added to every covariance's diagonal. Every rank returns the same
+    state, in float64 on ``x``'s device.
+    """
+    check_points(x)
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if max_iter < 1 or tol < 0 or reg_covar < 0:
+        raise ValueError(f"need max_iter >= 1, tol >= 0, reg_covar >= 0; got {max_iter}, {tol}, {reg_covar}")
+    m, d = n_components, x.shape[1]
+    x64 = x.to(torch.float64)
+    total = dist.all_reduce_sum(torch.cat([x64.sum(0), x64.new_tensor([len(x)])]))
+    n_total = float(total[-1])
+    if not 1 <= m <= n_total:
+        raise ValueError(f"n_components must be between 1 and the number of points ({n_total:.0f}), got {m}")
+    shift = total[:d] / n_total
+    xs = x64 - shift
+
+    if init == "kmeans":
+        labels = kmeans(x, m, n_iter=300, seed=seed, chunk_rows=chunk_rows).labels
+    else:
+        labels = assign(x, kmeans_plusplus(x, m, seed=seed), chunk_rows)[0]
+    stats = _accumulate(xs, m, covariance_type, chunk_rows, labels=labels)
+    weights, means, covariances = _m_step(stats, m, d, covariance_type, reg_covar)
+
+    lower_bound, converged, n_iter = -math.inf, False, 0
+    for n_iter in range(1, max_iter + 1):
+        scorer = _scorer(means, covariances, weights, covariance_type)
+        stats = _accumulate(xs, m, covariance_type, chunk_rows, scorer=scorer)
+        previous, lower_bound = lower_bound, float(stats[-1]) / n_total
+        weights, means, covariances = _m_step(stats, m, d, covariance_type, reg_covar)
+        if abs(lower_bound - previous) < tol:
+            converged = True
+            break
+    if not converged:
+        logger.warning("GMM EM did not converge in max_iter=%d iterations (tol=%g); raise max_iter or tol", max_iter, tol)
+    return GMMState(
+        means=means + shift,
+        covariances=covariances,
+        weights=weights,
+        covariance_type=covariance_type,
+        n_iter=n_iter,
+        converged=converged,
+        lower_bound=lower_bound,
+    )
+
+
+def _check_state(x: torch.Tensor, state: GMMState) -> None:
+    check_points(x)
+    if state.means.shape[1] != x.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} features but the GMM was fitted on {state.means.shape[1]}")
+
+
+def _log_prob_blocks(x: torch.Tensor, state: GMMState, chunk_rows: int | None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (start, weighted log-probs (rows, m) float64) block by block."""
+    means = state.means.to(device=x.device, dtype=torch.float64)
+    weights = state.weights.to(means)
+    # The mixture's mean equals the data mean after EM: shift by it as the fit did.
+    shift = weights @ means
+    cov_type = state.covariance_type
+    scorer = _scorer(means - shift, state.covariances.to(means), weights, cov_type)
+    n_features = x.shape[1] if cov_type == "diag" else x.shape[1] * (x.shape[1] + 1) // 2
+    step = block_rows(len(weights) + n_features, chunk_rows)
+    for start in range(0, len(x), step):
+        xb = x[start : start + step].to(torch.float64) - shift
+        yield start, _log_prob(xb, _features(xb, cov_type), scorer)
+
+
+def responsibilities(x: torch.Tensor, state: GMMState, *, chunk_rows: int | None = None) -> torch.Tensor:
+    """Posterior probability of each component for each local row: (n_local, m), ``x``'s dtype."""
+    _check_state(x, state)
+    out = torch.empty((len(x), len(state.weights)), dtype=x.dtype, device=x.device)
+    for start, log_prob in _log_prob_blocks(x, state, chunk_rows):
+        out[start : start + len(log_prob)] = _posterior(log_prob)[0]
+    return out
+
+
+def score(x: torch.Tensor, state: GMMState, *, chunk_rows: int | None = None) -> float:
+    """Mean log-likelihood per row over all ranks' rows."""
+    _check_state(x, state)
+    total = torch.zeros(2, dtype=torch.float64, device=x.device)
+    for _, log_prob in _log_prob_blocks(x, state, chunk_rows):
+        total[0] += _posterior(log_prob)[1].sum()
+    total[1] = len(x)
+    total = dist.all_reduce_sum(total)
+    return float(total[0] / total[1])
+
+
+def state_to_dict(state: GMMState) -> dict[str, Any]:
+    """Tensors (on CPU) and plain values, for ``torch.save`` / ``torch.load(weights_only=True)``."""
+    out = dataclasses.asdict(state)
+    for key in ("means", "covariances", "weights"):
+        out[key] = out[key].detach().cpu()
+    return out
+
+
+def state_from_dict(d: dict[str, Any]) -> GMMState:
+    fields = {f.name for f in dataclasses.fields(GMMState)}
+    if set(d) != fields:
+        raise ValueError(f"not a GMM state dict: missing keys {sorted(fields - set(d))}, unexpected keys {sorted(set(d) - fields)}")
+    if d["covariance_type"] not in COVARIANCE_TYPES:
+        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {d['covariance_type']!r}")
+    m, dim = d["means"].shape
+    cov_shape = (m, dim, dim) if d["covariance_type"] == "full" else (m, dim)
+    if tuple(d["covariances"].shape) != cov_shape or tuple(d["weights"].shape) != (m,):
+        raise ValueError(
+            f"GMM state shapes disagree: means {tuple(d['means'].shape)}, covariances "
+            f"{tuple(d['covariances'].shape)} (expected {cov_shape}), weights {tuple(d['weights'].shape)}"
+        )
+    return GMMState(**d)

@@ -1,0 +1,69 @@
+"""The training stage's config: one frozen dataclass per section, saved with every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rayhash.methods.dsch import MethodConfig
+from rayhash.models import ModelConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "fashion-mnist"  # fashion-mnist | cifar10 | files | parquet
+    path: str = ""  # "" = the source's default location
+    protocol: str = "fmnist-1k"  # a split from rayhash.data.splits, or "random" for unlabelled data
+    random_queries: int = 1000  # with protocol "random": held-out queries ...
+    random_train: int = 5000  # ... and training images drawn from the rest
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_scale: tuple[float, ...] = (0.5, 1.0)
+    hflip: bool = True
+    color_jitter: float = 0.4  # RGB only
+    grayscale_p: float = 0.2  # RGB only
+    blur: bool = False
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 5e-4  # Adam, as the released DSCH scripts
+    weight_decay: float = 0.0
+    decay: float = 0.99  # staircase: lr *= decay every `decay_every` steps
+    decay_every: int = 200
+    batch_size: int = 256  # global: split across workers
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "dsch-fmnist"
+    storage_path: str = "runs"  # local folder or s3://bucket/prefix
+    rounds: int = 10  # each round: one E-step, then one epoch of M-step training
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5  # fractional so two workers (and Ray Data) start on 2 cores
+    max_failures: int = 2  # worker deaths survived by resuming from the latest checkpoint
+    keep_checkpoints: int = 2
+    seed: int = 0
+    torch_threads: int = 0  # 0: leave torch's default
+    chaos_kill_at_round: int = -1  # testing only: SIGKILL the last worker once, at this round
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    enabled: bool = True
+    k: int = 1000
+    output: str = ""  # "" = <storage_path>/<name>/eval
+    baselines: tuple[str, ...] = ("itq", "lsh")  # on raw pixels, by the same harness
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

