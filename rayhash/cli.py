@@ -20,22 +20,12 @@ logger = logging.getLogger(__name__)
 
 def connect_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster this process was submitted to (``ray job submit``), else start a local one."""
-    import ray
+    from rayhash.ray_utils import ensure_ray
 
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
+    if address or os.environ.get("RAY_ADDRESS"):
+        ensure_ray(address=address or os.environ["RAY_ADDRESS"])
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
-
-
-def _split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
-    known, overrides = [], []
-    for a in args:
-        (overrides if a.startswith("--") and "=" in a and "." in a.split("=", 1)[0] else known).append(a)
-    return known, overrides
+        ensure_ray(num_cpus=num_cpus, include_dashboard=False)
 
 
 def cmd_train(ns: argparse.Namespace, overrides: list[str]) -> int:
@@ -66,6 +56,17 @@ def cmd_eval(ns: argparse.Namespace, overrides: list[str]) -> int:
     cfg = replace(cfg, data=from_dict(DataConfig, data.__dict__),
                   eval=EvalConfig(k=ns.k, output=output, baselines=tuple(ns.baselines)))
     evaluate_run(cfg, ns.checkpoint)
+    return 0
+
+
+def cmd_quickstart(ns: argparse.Namespace, overrides: list[str]) -> int:
+    from rayhash.config import dump_yaml, load
+    from rayhash.quickstart import QuickstartConfig, run
+
+    cfg = load(QuickstartConfig, ns.config, overrides)
+    logger.info("resolved config:\n%s", dump_yaml(cfg))
+    connect_ray(ns.address, ns.num_cpus)
+    run(cfg)
     return 0
 
 
@@ -100,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="report folder (default: <checkpoint>/eval)")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("quickstart", help="train -> evaluate -> encode -> index -> serve -> query, on one machine")
+    p.add_argument("--config", default="configs/quickstart.yaml")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local cluster, when one is started")
+    p.set_defaults(func=cmd_quickstart)
+
     for register in _EXTRA_COMMANDS:
         register(sub)
     return parser
@@ -111,9 +118,13 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    known, overrides = _split_overrides(argv)
     parser = build_parser()
-    ns = parser.parse_args(known)
+    ns, rest = parser.parse_known_args(argv)
+    # What argparse does not know is a config override, and must look like one.
+    bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (config overrides look like --section.key=value)")
+    overrides = rest
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from rayhash.config import ConfigError

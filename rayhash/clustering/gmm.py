@@ -5,9 +5,10 @@ computes responsibilities and accumulates the sufficient statistics (counts, sum
 moments) in float64; one all-reduce sums them and every rank applies the same M-step, so an
 N-rank fit equals a one-process fit on the rows concatenated in rank order.
 
-Speed: a Gaussian's log-density is a linear function of the features (x_i x_j for i <= j, x),
-so both the E-step and the second moments of the M-step are one matrix product per block,
-with half the work of the per-component products scikit-learn does. Data are shifted by
+Speed: a Gaussian's log-density is linear in the features [x_i x_j for i <= j | x | 1], and
+the sufficient statistics are their responsibility-weighted sums, so the E-step and the M-step
+are one matrix product each per block: with full covariances half the work of scikit-learn's
+per-component products, in two large products instead of 2m small ones. Data are shifted by
 their global mean first so that second moments lose no precision to a large offset.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator
 
 import torch
 
@@ -31,7 +32,8 @@ _EPS = torch.finfo(torch.float64).eps
 _LOG_2PI = math.log(2 * math.pi)
 
 
-@dataclasses.dataclass(frozen=True)
+# eq=False: tensors have no single truth value to compare by.
+@dataclasses.dataclass(frozen=True, eq=False)
 class GMMState:
     means: torch.Tensor  # (m, d) float64
     covariances: torch.Tensor  # (m, d, d) for "full", (m, d) for "diag"; float64
@@ -42,19 +44,18 @@ class GMMState:
     lower_bound: float  # mean log-likelihood over all ranks' rows at the last E-step
 
 
-class _Scorer(NamedTuple):
-    """log(w_k N(x | k)) = features(x) @ quad + x @ lin + const, column k per component."""
-
-    quad: torch.Tensor  # (n_features, m)
-    lin: torch.Tensor  # (d, m)
-    const: torch.Tensor  # (m,)
+def _n_second_order(d: int, covariance_type: str) -> int:
+    return d if covariance_type == "diag" else d * (d + 1) // 2
 
 
 def _features(x: torch.Tensor, covariance_type: str) -> torch.Tensor:
+    """[second-order terms | x | 1] per row: x_j^2 ("diag") or x_i x_j for i <= j ("full")."""
     if covariance_type == "diag":
-        return x * x
-    i, j = torch.triu_indices(x.shape[1], x.shape[1], device=x.device)
-    return x[:, i] * x[:, j]
+        second = x * x
+    else:
+        i, j = torch.triu_indices(x.shape[1], x.shape[1], device=x.device)
+        second = x[:, i] * x[:, j]
+    return torch.cat([second, x, x.new_ones((len(x), 1))], 1)
 
 
 def _not_positive_definite(bad: torch.Tensor) -> ValueError:
@@ -64,7 +65,8 @@ def _not_positive_definite(bad: torch.Tensor) -> ValueError:
     )
 
 
-def _scorer(means: torch.Tensor, covariances: torch.Tensor, weights: torch.Tensor, covariance_type: str) -> _Scorer:
+def _log_density_weights(means: torch.Tensor, covariances: torch.Tensor, weights: torch.Tensor, covariance_type: str) -> torch.Tensor:
+    """W (n_features, m) with log(w_k N(x | k)) = (_features(x) @ W)[k]."""
     m, d = means.shape
     if covariance_type == "full":
         chol, info = torch.linalg.cholesky_ex(covariances)
@@ -88,11 +90,7 @@ def _scorer(means: torch.Tensor, covariances: torch.Tensor, weights: torch.Tenso
         mahalanobis_mean = (means * means * precision).sum(1)
         half_logdet_precision = -0.5 * torch.log(covariances).sum(1)
     const = -0.5 * (d * _LOG_2PI + mahalanobis_mean) + half_logdet_precision + torch.log(weights)
-    return _Scorer(quad.T.contiguous(), lin.T.contiguous(), const)
-
-
-def _log_prob(xb: torch.Tensor, features: torch.Tensor, scorer: _Scorer) -> torch.Tensor:
-    return torch.addmm(scorer.const, features, scorer.quad).addmm_(xb, scorer.lin)
+    return torch.cat([quad, lin, const[:, None]], 1).T.contiguous()
 
 
 def _posterior(log_prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,36 +108,33 @@ def _accumulate(
     covariance_type: str,
     chunk_rows: int | None,
     *,
-    scorer: _Scorer | None = None,
+    log_density: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One pass over the local rows, summed over ranks: [counts (m) | sums (m*d) |
-    second moments (m*f) | log-likelihood sum], weighted by the posteriors under ``scorer``
-    or by the one-hot ``labels``."""
-    n_features = xs.shape[1] if covariance_type == "diag" else xs.shape[1] * (xs.shape[1] + 1) // 2
-    counts = xs.new_zeros(m)
-    sums = xs.new_zeros((m, xs.shape[1]))
-    second = xs.new_zeros((m, n_features))
+    """One pass over the local rows, summed over ranks: per component the responsibility-
+    weighted sums of the features [second-order | x | 1], flattened, then the log-likelihood
+    sum. Responsibilities are posteriors under ``log_density`` or the one-hot ``labels``."""
+    n_features = _n_second_order(xs.shape[1], covariance_type) + xs.shape[1] + 1
+    moments = xs.new_zeros((m, n_features))
     loglik = xs.new_zeros(1)
     step = block_rows(m + n_features, chunk_rows)
     for start in range(0, len(xs), step):
-        xb = xs[start : start + step]
-        fb = _features(xb, covariance_type)
+        fb = _features(xs[start : start + step], covariance_type)
         if labels is not None:
-            resp = torch.nn.functional.one_hot(labels[start : start + step], m).to(xb)
+            resp = torch.nn.functional.one_hot(labels[start : start + step], m).to(fb)
         else:
-            resp, ll = _posterior(_log_prob(xb, fb, scorer))
+            resp, ll = _posterior(fb @ log_density)
             loglik += ll.sum()
-        counts += resp.sum(0)
-        sums.addmm_(resp.T, xb)
-        second.addmm_(resp.T, fb)
-    return dist.all_reduce_sum(torch.cat([counts, sums.flatten(), second.flatten(), loglik]))
+        moments.addmm_(resp.T, fb)
+    return dist.all_reduce_sum(torch.cat([moments.flatten(), loglik]))
 
 
 def _m_step(stats: torch.Tensor, m: int, d: int, covariance_type: str, reg_covar: float) -> tuple[torch.Tensor, ...]:
-    counts, rest = stats[:m] + 10 * _EPS, stats[m:-1]  # sklearn's guard against empty components
-    means = rest[: m * d].view(m, d) / counts[:, None]
-    second = rest[m * d :].view(m, -1) / counts[:, None]
+    moments = stats[:-1].view(m, -1)
+    counts = moments[:, -1] + 10 * _EPS  # sklearn's guard against empty components
+    n_second = _n_second_order(d, covariance_type)
+    second = moments[:, :n_second] / counts[:, None]
+    means = moments[:, n_second:-1] / counts[:, None]
     if covariance_type == "full":
         i, j = torch.triu_indices(d, d, device=stats.device)
         moment = stats.new_zeros((m, d, d))
@@ -152,6 +147,7 @@ def _m_step(stats: torch.Tensor, m: int, d: int, covariance_type: str, reg_covar
     return counts / counts.sum(), means, covariances
 
 
+@torch.no_grad()
 def fit_gmm(
     x: torch.Tensor,
     n_components: int,
@@ -197,8 +193,8 @@ def fit_gmm(
 
     lower_bound, converged, n_iter = -math.inf, False, 0
     for n_iter in range(1, max_iter + 1):
-        scorer = _scorer(means, covariances, weights, covariance_type)
-        stats = _accumulate(xs, m, covariance_type, chunk_rows, scorer=scorer)
+        log_density = _log_density_weights(means, covariances, weights, covariance_type)
+        stats = _accumulate(xs, m, covariance_type, chunk_rows, log_density=log_density)
         previous, lower_bound = lower_bound, float(stats[-1]) / n_total
         weights, means, covariances = _m_step(stats, m, d, covariance_type, reg_covar)
         if abs(lower_bound - previous) < tol:
@@ -230,14 +226,14 @@ def _log_prob_blocks(x: torch.Tensor, state: GMMState, chunk_rows: int | None) -
     # The mixture's mean equals the data mean after EM: shift by it as the fit did.
     shift = weights @ means
     cov_type = state.covariance_type
-    scorer = _scorer(means - shift, state.covariances.to(means), weights, cov_type)
-    n_features = x.shape[1] if cov_type == "diag" else x.shape[1] * (x.shape[1] + 1) // 2
-    step = block_rows(len(weights) + n_features, chunk_rows)
+    log_density = _log_density_weights(means - shift, state.covariances.to(means), weights, cov_type)
+    step = block_rows(len(weights) + len(log_density), chunk_rows)
     for start in range(0, len(x), step):
         xb = x[start : start + step].to(torch.float64) - shift
-        yield start, _log_prob(xb, _features(xb, cov_type), scorer)
+        yield start, _features(xb, cov_type) @ log_density
 
 
+@torch.no_grad()
 def responsibilities(x: torch.Tensor, state: GMMState, *, chunk_rows: int | None = None) -> torch.Tensor:
     """Posterior probability of each component for each local row: (n_local, m), ``x``'s dtype."""
     _check_state(x, state)
@@ -247,6 +243,7 @@ def responsibilities(x: torch.Tensor, state: GMMState, *, chunk_rows: int | None
     return out
 
 
+@torch.no_grad()
 def score(x: torch.Tensor, state: GMMState, *, chunk_rows: int | None = None) -> float:
     """Mean log-likelihood per row over all ranks' rows."""
     _check_state(x, state)

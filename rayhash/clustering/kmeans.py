@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 _BLOCK_ELEMENTS = 2**24
 
 
-@dataclasses.dataclass(frozen=True)
+# eq=False: tensors have no single truth value to compare by.
+@dataclasses.dataclass(frozen=True, eq=False)
 class KMeansResult:
     centers: torch.Tensor  # (k, d), the input's dtype, identical on every rank
     labels: torch.Tensor  # (n_local,) int64, index of the nearest centre of each local row
@@ -64,7 +65,8 @@ def assign(x: torch.Tensor, centers: torch.Tensor, chunk_rows: int | None = None
         xb = x[start : start + step].to(torch.float64)
         # ||x||^2 does not change the argmin: add it to the winners only.
         d2 = torch.addmm(c_sq, xb, centers.T, alpha=-2.0)
-        best, labels[start : start + step] = d2.min(1)
+        best, nearest = d2.min(1)
+        labels[start : start + step] = nearest
         d2_min[start : start + step] = (best + (xb * xb).sum(1)).clamp_min_(0.0)
     return labels, d2_min
 
@@ -108,6 +110,7 @@ def _kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator) -> tor
     return x[torch.cat(chosen)]
 
 
+@torch.no_grad()
 def kmeans_plusplus(x: torch.Tensor, k: int, *, seed: int = 0, init_sample: int = 100_000) -> torch.Tensor:
     """k-means++ centres (k, d) float64 over all ranks' rows (at most ``init_sample`` of them).
 
@@ -136,6 +139,7 @@ def _farthest_rows(x: torch.Tensor, d2_min: torch.Tensor, count: int) -> torch.T
     return cand[torch.as_tensor(order, device=cand.device), 2:]
 
 
+@torch.no_grad()
 def kmeans(
     x: torch.Tensor,
     k: int,
@@ -160,6 +164,14 @@ def kmeans(
     if tol < 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
     d = x.shape[1]
+    x64 = x.to(torch.float64)
+    moments = dist.all_reduce_sum(torch.cat([x64.sum(0), (x64 * x64).sum(0), x64.new_tensor([len(x)])]))
+    n_total = moments[-1]
+    if not 1 <= k <= n_total:
+        raise ValueError(f"k must be between 1 and the number of points ({int(n_total)}), got {k}")
+    mean = moments[:d] / n_total
+    threshold = tol * float((moments[d : 2 * d] / n_total - mean * mean).clamp_min(0).mean())
+
     if init is None:
         centers = kmeans_plusplus(x, k, seed=seed, init_sample=init_sample)
     else:
@@ -168,12 +180,6 @@ def kmeans(
             raise ValueError(f"init must hold k={k} centres of dimension {d}, got shape {tuple(init.shape)}")
         # Rank 0's copy wins so that ranks cannot start apart.
         centers = dist.broadcast(init.to(device=x.device, dtype=torch.float64), src=0)
-
-    x64 = x.to(torch.float64)
-    moments = dist.all_reduce_sum(torch.cat([x64.sum(0), (x64 * x64).sum(0), x64.new_tensor([len(x)])]))
-    n_total = moments[-1]
-    mean = moments[:d] / n_total
-    threshold = tol * float((moments[d : 2 * d] / n_total - mean * mean).clamp_min(0).mean())
 
     it = 0
     for it in range(1, n_iter + 1):

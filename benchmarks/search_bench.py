@@ -1,0 +1,237 @@
+"""Hamming search speed (PROTOCOL.md "Speed"): direct faiss vs the served endpoint, binary IVF vs flat.
+
+    python benchmarks/search_bench.py --sizes 1000000,10000000 --threads 2 --concurrency 16
+
+Codes with the structure of real ones: ITQ (64 bits) of the 70,000 Fashion-MNIST images' raw
+pixels, fitted on the fmnist-1k training images; the database repeats the 69,000 non-query
+images' codes and flips each bit of each copy with probability 6%; the protocol's 1,000 query
+images are the queries. Every ratio is measured within one run on the same machine, codes and
+thread count: direct = faiss called in this process with ``--threads`` OpenMP threads; served =
+HTTP on 127.0.0.1 to a Serve app of ``--shards`` shard deployments with ``threads / shards``
+threads each, at ``--concurrency`` requests in flight, one query per request and
+``--batch`` queries per request. Writes ``benchmarks/results/search.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from rayhash import codes as codes_lib
+from rayhash.baselines import ITQ
+from rayhash.codeset import write_codeset
+from rayhash.data import load_fashion_mnist, protocol_split
+from rayhash.index import build_index_set, topk
+from rayhash.index.build import ivf_template
+
+logger = logging.getLogger("search_bench")
+FLIP = 0.06
+
+
+def structured_codes(n: int, nbits: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(database codes (n, nbits/8), query codes (1000, nbits/8))`` as the module doc says."""
+    data = load_fashion_mnist()
+    split = protocol_split("fmnist-1k", data.labels)
+    pixels = data.images.reshape(len(data), -1).astype(np.float32) / 255.0
+    itq = ITQ().fit(pixels[split.train], nbits, seed=seed)
+    packed = codes_lib.pack(itq.encode(pixels))
+    base = packed[split.database]
+    rng = np.random.default_rng(seed)
+    db = np.empty((n, nbits // 8), dtype=np.uint8)
+    for lo in range(0, n, 1 << 20):  # flip bits a chunk at a time: 10M x 64 floats at once is 5 GB
+        hi = min(n, lo + (1 << 20))
+        flips = np.packbits(rng.random((hi - lo, nbits)) < FLIP, axis=1)
+        db[lo:hi] = base[np.arange(lo, hi) % len(base)] ^ flips
+    return db, packed[split.query]
+
+
+def timed(fn, repeat: int = 3) -> float:
+    """Best wall time of ``repeat`` calls (the machine is shared: the minimum is the least disturbed)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def single_query_ms(index, q: np.ndarray, k: int, n: int = 200) -> tuple[float, float]:
+    lat = []
+    for i in range(min(n, len(q))):
+        t = time.perf_counter()
+        index.search(q[i:i + 1], k)
+        lat.append((time.perf_counter() - t) * 1e3)
+    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+
+
+def recall_at_k(dist: np.ndarray, exact_kth: np.ndarray, k: int) -> float:
+    """PROTOCOL.md: mean over queries of (returned items within the exact k-th distance) / k."""
+    return float(((dist[:, :k] <= exact_kth[:, None]) & (dist[:, :k] >= 0)).sum(1).mean() / k)
+
+
+async def http_load(url: str, bodies: list[dict], concurrency: int) -> tuple[float, list[float], list[dict]]:
+    """POST every body to ``url/search/codes`` with ``concurrency`` in flight: (requests/s, latencies ms, answers)."""
+    import aiohttp
+
+    answers: list = [None] * len(bodies)
+    latencies: list[float] = []
+    next_body = iter(range(len(bodies)))
+
+    async def worker(session):
+        for i in next_body:
+            t = time.perf_counter()
+            async with session.post(f"{url}/search/codes", json=bodies[i]) as r:
+                answers[i] = await r.json()
+                if r.status != 200:
+                    raise RuntimeError(f"HTTP {r.status}: {answers[i]}")
+            latencies.append((time.perf_counter() - t) * 1e3)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        t = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t
+    return len(bodies) / elapsed, latencies, answers
+
+
+def serve_and_load(index_uri: str, q: np.ndarray, k: int, args, nprobe: int | None) -> list[dict]:
+    """Deploy the index set, measure one query per request and ``--batch`` per request."""
+    from ray import serve
+
+    from rayhash.serve import start
+
+    threads = max(1, args.threads // args.shards)
+    url = start(index_uri, encode_images=False, port=args.port, name="bench", ready_timeout_s=600, threads=threads,
+                nprobe=nprobe, max_queries=max(args.batch, 1024), timeout_s=120.0,
+                shards={"max_ongoing_requests": 4 * args.concurrency},
+                ingress={"max_ongoing_requests": 4 * args.concurrency})  # fmt: skip
+    hexes = codes_lib.to_hex(q)
+    out = []
+    try:
+        for per_request in (1, args.batch):
+            bodies = [{"codes": hexes[i:i + per_request], "k": k} for i in range(0, len(hexes), per_request)]
+            rounds = max(1, args.min_requests // len(bodies))
+            asyncio.run(http_load(url, bodies[: 2 * args.concurrency], args.concurrency))  # warm up
+            qps, lat, answers = asyncio.run(http_load(url, bodies * rounds, args.concurrency))
+            dist = np.array([[r["distance"] for r in row] + [-1] * (k - len(row))
+                             for a in answers[: len(bodies)] for row in a["results"]])  # fmt: skip
+            out.append({"queries_per_request": per_request, "served_qps": qps * per_request,
+                        "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+                        "served_distances": dist})  # fmt: skip
+    finally:
+        serve.delete("bench")
+    return out
+
+
+def bench_size(n: int, args, work: Path) -> list[dict]:
+    k, nbits = args.k, args.bits
+    t0 = time.perf_counter()
+    db, q = structured_codes(n, nbits, seed=args.seed)
+    ids = [f"{i:09d}" for i in range(n)]
+    cs = write_codeset(str(work / f"codes-{n}"), ids=ids, codes=db, sources=ids, nbits=nbits,
+                       checkpoint_uri="itq:fmnist-1k-raw-pixels", checkpoint_sha256="0" * 64,
+                       config={"codes": "ITQ of Fashion-MNIST pixels, repeated, 6% bit flips"})  # fmt: skip
+    del ids
+    logger.info("%d codes and their code set in %.0f s", n, time.perf_counter() - t0)
+
+    flat = faiss.IndexBinaryFlat(nbits)
+    flat.add(db)
+    exact_d, _ = flat.search(q, k)
+    flat_s = timed(lambda: flat.search(q, k))
+    exact_s = timed(lambda: topk(flat, q, k), repeat=1)  # with ties closed, as each served shard does
+    flat_lat = single_query_ms(flat, q, k)
+    logger.info("flat: %.0f q/s direct, %.0f q/s with ties closed", len(q) / flat_s, len(q) / exact_s)
+
+    nlist = args.nlist or (1024 if n <= 2_000_000 else 4096)
+    # The same training sample and seed as build_index_set's below: the same lists, served or direct.
+    ivf = ivf_template(db, nbits, nlist=nlist, nprobe=1, train_size=min(n, 64 * nlist), seed=args.seed)
+    ivf.add(db)
+    sweep = []
+    for nprobe in (8, 16, 32, 64, 128, 256):
+        ivf.nprobe = nprobe
+        d, _ = ivf.search(q, k)
+        s = timed(lambda: ivf.search(q, k))
+        sweep.append({"nprobe": nprobe, "qps": len(q) / s, "recall_at_100": recall_at_k(d, exact_d[:, k - 1], k)})
+        logger.info("ivf nlist=%d nprobe=%d: %.0f q/s, recall@%d %.4f", nlist, nprobe, sweep[-1]["qps"], k,
+                    sweep[-1]["recall_at_100"])  # fmt: skip
+    good = [s for s in sweep if s["recall_at_100"] >= args.target_recall] or sweep[-1:]
+    best = max(good, key=lambda s: s["qps"])
+    ivf.nprobe = best["nprobe"]
+    ivf_lat = single_query_ms(ivf, q, k)
+    del ivf
+
+    rows = []
+    common = {"codes": n, "bits": nbits, "k": k, "threads": args.threads, "shards": args.shards,
+              "concurrency": args.concurrency, "serve_throughput_optimized": not args.serve_default_env}  # fmt: skip
+    for kind, direct_qps, lat, extra in [
+        ("flat", len(q) / flat_s, flat_lat, {"direct_exact_ties_qps": len(q) / exact_s}),
+        ("ivf", best["qps"], ivf_lat, {"nlist": nlist, "nprobe": best["nprobe"], "nprobe_sweep": sweep}),
+    ]:
+        ix = build_index_set(cs.uri, str(work / f"index-{kind}-{n}"), num_shards=args.shards, kind=kind,
+                             **({"nlist": nlist, "nprobe": best["nprobe"], "seed": args.seed} if kind == "ivf" else {}))
+        served = serve_and_load(ix.uri, q, k, args, None)
+        shutil.rmtree(ix.uri, ignore_errors=True)
+        for s in served:
+            dist = s.pop("served_distances")
+            recall = recall_at_k(dist, exact_d[:, k - 1], k)
+            if kind == "flat" and not np.array_equal(dist, exact_d):
+                raise AssertionError("served flat results differ from a direct flat search")
+            rows.append({**common, "index": kind, "direct_qps": direct_qps, **s,
+                         "served_over_direct": s["served_qps"] / direct_qps,
+                         "direct_p50_ms": lat[0], "direct_p99_ms": lat[1],
+                         "speedup_over_flat": direct_qps / (len(q) / flat_s), "recall_at_100": recall, **extra})  # fmt: skip
+            logger.info("%s", {k_: v for k_, v in rows[-1].items() if k_ != "nprobe_sweep"})
+    shutil.rmtree(cs.uri, ignore_errors=True)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000000,10000000")
+    parser.add_argument("--bits", type=int, default=64)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2, help="faiss OpenMP threads, direct and served in all")
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=16, help="queries per request in the batched served run")
+    parser.add_argument("--min-requests", type=int, default=1000)
+    parser.add_argument("--nlist", type=int, default=None, help="default 1024 up to 2M codes, 4096 above")
+    parser.add_argument("--target-recall", type=float, default=0.95)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--serve-default-env", action="store_true",
+                        help="keep Serve's default threads and transport (else RAY_SERVE_THROUGHPUT_OPTIMIZED=1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", default=None, help="scratch for code and index sets (default: a temp dir)")
+    parser.add_argument("--out", default="benchmarks/results/search.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    faiss.omp_set_num_threads(args.threads)
+
+    import os
+
+    import ray
+
+    if not args.serve_default_env:
+        # Serve's own switch: user code and router on the replica's event loop, gRPC between
+        # deployments. Set before Ray starts, so the proxy, controller and replicas all run it.
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")  # logical CPUs; replicas ask 0.25
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="search-bench-"))
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        rows += bench_size(n, args, work)
+        Path(args.out).write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The bulk encode job on Ray Data: image lake + checkpoint -> a committed code set.
+
+    items (sorted, chunked) --[GPU only: map_batches(load_images), CPU tasks]-->
+        --map_batches(EncodeImages, actor pool; on CPU it reads and decodes too)--> codes
+        --driver: collect each chunk, stage its shards--> manifest (the commit)
+
+The driver only ever holds codes (nbits/8 bytes an image) and ids, never images. Chunks
+staged by an earlier attempt of the same run are checked and reused, not encoded again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from tqdm.auto import tqdm
+
+from rayhash import checkpoint, codeset
+from rayhash.config import from_dict, to_dict
+from rayhash.encode import inputs, staging
+from rayhash.encode.config import EncodeConfig
+from rayhash.models import ModelConfig, input_spec
+
+logger = logging.getLogger(__name__)
+
+class EncodeImages:
+    """Ray Data actor: loads the checkpoint once, then turns batches into codes.
+
+    With ``load`` (the keyword arguments of :func:`inputs.load_images`) it takes input items
+    and reads and decodes them itself; without, it takes batches that tasks decoded. Rejected
+    rows pass through with a null code, so the driver sees every input exactly once.
+    """
+
+    def __init__(self, checkpoint_uri: str, checkpoint_sha256: str, *, batch_size: int, use_gpu: bool,
+                 torch_threads: int, load: dict | None = None):  # fmt: skip
+        import torch
+
+        from rayhash.encoder import ImageEncoder
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.encoder = ImageEncoder.from_checkpoint(checkpoint_uri, device=None if use_gpu else "cpu",
+                                                    batch_size=batch_size)  # fmt: skip
+        if self.encoder.checkpoint_sha256 != checkpoint_sha256:
+            raise RuntimeError(f"checkpoint {checkpoint_uri} changed while the job ran (SHA-256 "
+                               f"{self.encoder.checkpoint_sha256}, the job started with {checkpoint_sha256})")  # fmt: skip
+        self.load = load
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.load is not None:
+            batch = inputs.load_images(batch, **self.load)
+        ok, images = inputs.images_of(batch)
+        packed = self.encoder.encode(images)
+        codes: list[bytes | None] = [None] * batch.num_rows
+        for i, row in zip(ok, packed):
+            codes[i] = row.tobytes()
+        return pa.table({"id": batch["id"], "code": pa.array(codes, pa.binary(self.encoder.nbits // 8)),
+                         "source": batch["source"], "chunk": batch["chunk"], "reason": batch["reason"],
+                         "message": batch["message"]})  # fmt: skip
+
+
+def _check_resources(cfg: EncodeConfig) -> None:
+    need_cpu = cfg.num_actors * cfg.cpus_per_actor + (cfg.cpus_per_decode_task if cfg.use_gpu else 0)
+    have = ray.cluster_resources()
+    if need_cpu > have.get("CPU", 0) or (cfg.use_gpu and cfg.num_actors > have.get("GPU", 0)):
+        # An autoscaling cluster may still grow; a fixed one would wait forever.
+        logger.warning("the encode job needs %.2f CPUs%s but the cluster has %s now; it will wait for more. "
+                       "Lower num_actors or cpus_per_actor (fractions are fine) if no more are coming.",
+                       need_cpu, f" and {cfg.num_actors} GPUs" if cfg.use_gpu else "", have)  # fmt: skip
+
+
+def _dataset(cfg: EncodeConfig, todo: pa.Table, ckpt: checkpoint.Checkpoint, mode: str) -> "ray.data.Dataset":
+    # One block per read_batch items: the unit of reading and decoding.
+    blocks = [todo.slice(s, cfg.read_batch) for s in range(0, todo.num_rows, cfg.read_batch)]
+    ds = ray.data.from_arrow(blocks)
+    load = dict(image_column=cfg.image_column, id_column=cfg.id_column, max_bytes=cfg.max_image_bytes,
+                max_pixels=cfg.max_image_pixels, mode=mode)  # fmt: skip
+    if cfg.use_gpu:
+        # Decode on CPU tasks so the GPU actors only run the model. On CPU, decoding inside the
+        # actors saves a hop through the object store and cannot starve: tasks beside actors
+        # that hold every CPU would never be scheduled.
+        ds = ds.map_batches(inputs.load_images, batch_size=None, batch_format="pyarrow",
+                            num_cpus=cfg.cpus_per_decode_task, fn_kwargs=load)  # fmt: skip
+    return ds.map_batches(
+        EncodeImages, batch_size=cfg.batch_size if cfg.use_gpu else None, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0,
+        fn_constructor_kwargs=dict(checkpoint_uri=ckpt.uri, checkpoint_sha256=ckpt.sha256, batch_size=cfg.batch_size,
+                                   use_gpu=cfg.use_gpu, torch_threads=cfg.torch_threads,
+                                   load=None if cfg.use_gpu else load),
+    )  # fmt: skip
+
+
+def run_encode(cfg: EncodeConfig, *, on_staged: Callable[[int, int], None] | None = None) -> codeset.CodeSetManifest:
+    """Encode every input of ``cfg`` and commit the code set at ``cfg.output``.
+
+    Needs a running Ray (the job script starts or joins one). ``on_staged(done, total)`` is
+    called after each chunk is staged, before the manifest; tests raise from it to crash there.
+    """
+    started = time.perf_counter()
+    ckpt = checkpoint.load(cfg.checkpoint)
+    model_cfg = from_dict(ModelConfig, ckpt.config["model"])
+    nbits = model_cfg.bits
+    mode = "L" if input_spec(model_cfg).channels == 1 else "RGB"  # decode straight to what the model eats
+    items = inputs.plan(cfg)
+    run = staging.run_dir(ckpt.sha256, cfg)
+    chunk_ids = items["chunk"].to_numpy()
+    num_chunks = int(chunk_ids[-1]) + 1
+    bounds = np.searchsorted(chunk_ids, np.arange(num_chunks + 1))
+    chunk_items = [items.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(num_chunks)]
+    fingerprints = [inputs.chunk_fingerprint(t) for t in chunk_items]
+    expected = [int(pc.sum(t["rows"]).as_py()) for t in chunk_items]
+
+    staged: dict[int, staging.StagedChunk] = {}
+    codes: dict[int, pa.Table] = {}
+    for i in range(num_chunks):
+        found = staging.load_chunk(cfg.output, run, i, fingerprints[i], nbits)
+        if found:
+            staged[i], codes[i] = found
+    todo = [i for i in range(num_chunks) if i not in staged]
+    todo_rows = sum(expected[i] for i in todo)
+    logger.info("encoding %s into %s/%s: %d inputs in %d chunks, %d already staged, %d to encode",
+                cfg.input, cfg.output, run, sum(expected), num_chunks, len(staged), todo_rows)  # fmt: skip
+
+    stream_started = time.perf_counter()
+    if todo:
+        _check_resources(cfg)
+        pending: dict[int, list[pa.Table]] = {i: [] for i in todo}
+        got = dict.fromkeys(todo, 0)
+        ds = _dataset(cfg, pa.concat_tables([chunk_items[i] for i in todo]), ckpt, mode)
+        with tqdm(total=todo_rows, unit="img", desc="encode", disable=not cfg.progress) as bar:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for i in np.unique(batch["chunk"].to_numpy()).tolist():
+                    part = batch.filter(pc.equal(batch["chunk"], i))
+                    pending[i].append(part)
+                    got[i] += part.num_rows
+                    if got[i] > expected[i]:
+                        raise RuntimeError(f"chunk {i} received {got[i]} rows for {expected[i]} inputs")
+                    if got[i] == expected[i]:
+                        rows = pa.concat_tables(pending.pop(i))
+                        staged[i], codes[i] = staging.stage_chunk(cfg.output, run, i, fingerprints[i], rows, nbits)
+                        if on_staged:
+                            on_staged(len(staged), num_chunks)
+                bar.update(batch.num_rows)
+        if pending:
+            raise RuntimeError(f"the dataset ended with chunks {sorted(pending)[:5]} incomplete; nothing was committed")
+    elapsed = time.perf_counter() - stream_started
+
+    ordered = [staged[i] for i in range(num_chunks)]
+    all_codes = pa.concat_tables([codes[i] for i in range(num_chunks)])
+    if pc.count_distinct(all_codes["id"]).as_py() != all_codes.num_rows:
+        raise ValueError(f"ids repeat across {cfg.input}; with input_format='parquet' set a unique id_column, "
+                         "or leave it empty for '<file>#<row>' ids")  # fmt: skip
+    packed = codeset.codes_from_arrow(all_codes["code"])
+    counts = {"inputs": sum(expected), "encoded": len(packed), "rejected": sum(c.errors.rows for c in ordered if c.errors)}
+    if counts["encoded"] + counts["rejected"] != counts["inputs"]:
+        raise RuntimeError(f"{counts['encoded']} encoded + {counts['rejected']} rejected != {counts['inputs']} inputs")
+    manifest = codeset.commit(
+        cfg.output, nbits=nbits, checkpoint_uri=ckpt.uri, checkpoint_sha256=ckpt.sha256,
+        config={**to_dict(cfg), "checkpoint": ckpt.uri, "run": run},
+        shards=[c.codes for c in ordered if c.codes], errors=[c.errors for c in ordered if c.errors],
+        counts=counts, health=codeset.code_health(packed, nbits),
+    )  # fmt: skip
+    rate = todo_rows / elapsed if todo_rows and elapsed > 0 else 0.0
+    logger.info("encode done: %d encoded, %d rejected (%d inputs, %d reused from staged chunks) in %.1f s; "
+                "%.0f images/s this run", counts["encoded"], counts["rejected"], counts["inputs"],
+                counts["inputs"] - todo_rows, time.perf_counter() - started, rate)  # fmt: skip
+    return manifest

@@ -1,0 +1,180 @@
+"""Assemble the search service: one deployment per index shard, an encoder, the HTTP ingress.
+
+Three ways in, one builder:
+
+- ``serve run serve/config.yaml`` (or ``serve deploy`` to a cluster): Serve calls
+  :func:`app_builder` with the config's ``args``;
+- ``serve run serve.app:app index=/path/to/index``: the same, args from the command line;
+- :func:`start` from Python (what ``rayhash serve`` and the tests call): deploys without
+  blocking, then waits, with a deadline, until ``/healthz`` answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import requests
+from ray import serve
+
+from rayhash import checkpoint, config
+from rayhash.data.decode import MAX_PIXELS
+from rayhash.indexset import read_index_manifest
+from rayhash.serve.encoder import EncoderDeployment
+from rayhash.serve.ingress import SearchIngress
+from rayhash.serve.shard import IndexShardDeployment
+
+logger = logging.getLogger(__name__)
+
+# Fractional CPUs so that an ingress, an encoder and two shards start on a 2-core machine.
+DEFAULT_OPTIONS = {
+    "ingress": {"num_replicas": 1, "max_ongoing_requests": 256, "ray_actor_options": {"num_cpus": 0.25}},
+    "shards": {"num_replicas": 1, "max_ongoing_requests": 256, "ray_actor_options": {"num_cpus": 0.25}},
+    "encoder": {"num_replicas": 1, "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.25}},
+}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    index: str = ""  # index-set directory (local or s3://)
+    checkpoint: str | None = None  # the encoder's checkpoint; None: the one the index's code set records
+    encode_images: bool = True  # False: no encoder deployment, /search/image answers 503
+    nprobe: int | None = None  # ivf: lists probed per query (default: the index's own)
+    threads: int = 1  # faiss OpenMP threads per shard replica
+    max_k: int = 1000
+    max_queries: int = 256  # codes per /search/codes request
+    max_upload_bytes: int = 8 << 20
+    max_pixels: int = MAX_PIXELS  # decompression-bomb guard for uploads
+    timeout_s: float = 10.0  # per request, for every shard and the encoder
+    device: str | None = None  # encoder device; None: CUDA when the replica has a GPU
+    batch_rows: int = 256  # query rows per fan-out and per faiss call (at least max_queries)
+    shard_batch_wait_s: float = 0.0  # 0: a batch is whatever queued while faiss ran the last one
+    encode_batch_size: int = 32
+    encode_batch_wait_s: float = 0.005
+    # Serve deployment options (num_replicas, autoscaling_config, ray_actor_options, ...) over DEFAULT_OPTIONS.
+    ingress: dict = field(default_factory=dict)
+    shards: dict = field(default_factory=dict)
+    encoder: dict = field(default_factory=dict)
+
+
+def deployment_options(role: str, overrides: dict) -> dict:
+    opts = {**DEFAULT_OPTIONS[role], **overrides}
+    opts["ray_actor_options"] = {**DEFAULT_OPTIONS[role]["ray_actor_options"], **overrides.get("ray_actor_options", {})}
+    if "autoscaling_config" in overrides and "num_replicas" not in overrides:
+        opts.pop("num_replicas")  # Serve refuses a fixed count beside autoscaling
+    return opts
+
+
+def build_app(cfg: ServeConfig) -> serve.Application:
+    """The bound application; refuses an encoder whose model did not write the index's codes."""
+    if not cfg.index:
+        raise ValueError("set index: the index-set directory written by jobs/build_index.py")
+    if cfg.batch_rows < cfg.max_queries:
+        raise ValueError(f"batch_rows ({cfg.batch_rows}) must be at least max_queries ({cfg.max_queries}): "
+                         "one request's codes go to a shard in one batch")
+    m = read_index_manifest(cfg.index)
+    encoder, model = None, None
+    if cfg.encode_images:
+        uri = cfg.checkpoint or m.checkpoint_uri
+        try:
+            sha = checkpoint.load(uri).sha256
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot load the encoder checkpoint {uri} ({e}); pass checkpoint=<uri of the model "
+                             "that wrote the code set>, or encode_images=false to serve code queries only") from e
+        if sha != m.checkpoint_sha256:
+            raise ValueError(
+                f"checkpoint {uri} (SHA-256 {sha[:12]}...) is not the model that wrote the codes of index {m.uri} "
+                f"({m.checkpoint_uri}, SHA-256 {m.checkpoint_sha256[:12]}...): their codes are not comparable. "
+                "Serve the code set's own checkpoint, or re-encode and re-index with this one."
+            )
+        model = {"checkpoint_uri": uri, "checkpoint_sha256": sha}
+        encoder = EncoderDeployment.options(name="encoder", **deployment_options("encoder", cfg.encoder)).bind(
+            uri, expected_sha256=sha, nbits=m.nbits, max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels,
+            device=cfg.device, max_batch_size=cfg.encode_batch_size, batch_wait_s=cfg.encode_batch_wait_s,
+        )  # fmt: skip
+    shard_opts = deployment_options("shards", cfg.shards)
+    shards = [
+        IndexShardDeployment.options(name=f"shard-{i}", **shard_opts).bind(
+            m.uri, i, nprobe=cfg.nprobe, threads=cfg.threads, batch_rows=cfg.batch_rows,
+            batch_wait_s=cfg.shard_batch_wait_s,
+        )
+        for i in range(len(m.shards))
+    ]  # fmt: skip
+    stats = {
+        "shards": len(m.shards), "items": m.items, "nbits": m.nbits,
+        "index": {"uri": m.uri, "manifest_sha256": m.sha256, "kind": m.kind,
+                  "params": {**m.params, **({"nprobe": cfg.nprobe} if cfg.nprobe else {})}},
+        "codeset": {"uri": m.codeset_uri, "manifest_sha256": m.codeset_manifest_sha256},
+        "model": {"checkpoint_uri": m.checkpoint_uri, "checkpoint_sha256": m.checkpoint_sha256},
+        "encoder": model,
+        "limits": {"max_k": cfg.max_k, "max_queries": cfg.max_queries, "max_upload_bytes": cfg.max_upload_bytes,
+                   "timeout_s": cfg.timeout_s},
+    }  # fmt: skip
+    return SearchIngress.options(name="ingress", **deployment_options("ingress", cfg.ingress)).bind(
+        shards, encoder, stats=stats, max_k=cfg.max_k, max_queries=cfg.max_queries,
+        max_upload_bytes=cfg.max_upload_bytes, timeout_s=cfg.timeout_s, batch_rows=cfg.batch_rows,
+    )  # fmt: skip
+
+
+def app_builder(args: dict) -> serve.Application:
+    """Serve's application builder: ``args`` are :class:`ServeConfig` keys, checked strictly."""
+    return build_app(config.from_dict(ServeConfig, args))
+
+
+def http_address() -> str:
+    """``http://host:port`` of the running Serve proxy (which keeps its first options if started twice)."""
+    # Serve has no public getter for its HTTP options; the client holds what the controller uses.
+    from ray.serve.context import _get_global_client
+
+    http = _get_global_client().http_config
+    host = "127.0.0.1" if http.host in ("0.0.0.0", "::", "") else http.host
+    return f"http://{host}:{http.port}"
+
+
+def wait_until_ready(name: str, url: str, timeout_s: float = 300.0) -> None:
+    """Wait until app ``name`` is RUNNING and ``url/healthz`` answers 200; raise with Serve's message if not."""
+    deadline = time.monotonic() + timeout_s
+    status = message = ""
+    while time.monotonic() < deadline:
+        app_status = serve.status().applications.get(name)
+        status, message = (app_status.status, app_status.message) if app_status else ("NOT_STARTED", "")
+        if status == "DEPLOY_FAILED":
+            # The deployment's message holds the replica's traceback; its last line is the cause.
+            causes = [f"{d}: {s.message.strip().splitlines()[-1]}" for d, s in app_status.deployments.items()
+                      if s.status == "DEPLOY_FAILED" and s.message.strip()]  # fmt: skip
+            raise RuntimeError(f"Serve app {name!r} failed to deploy: {message} {'; '.join(causes)}")
+        if status == "RUNNING":
+            try:
+                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+        time.sleep(0.25)
+    raise TimeoutError(f"Serve app {name!r} not ready after {timeout_s:g} s (status {status}: {message or 'no message'}); "
+                       "on a small machine, check that the replicas' num_cpus fit the cluster")  # fmt: skip
+
+
+def start(index_uri: str, checkpoint_uri: str | None = None, *, host: str = "127.0.0.1", port: int = 8000,
+          name: str = "rayhash", route_prefix: str = "/", ready_timeout_s: float = 300.0, access_log: bool = False,
+          **options) -> str:
+    """Deploy the search service over ``index_uri`` and return its base URL once it answers.
+
+    ``options`` are :class:`ServeConfig` keys (``encode_images``, ``nprobe``, ``shards={...}``, ...).
+    Connects to (or starts) Ray the way ``serve.start`` does.
+    """
+    cfg = config.from_dict(ServeConfig, {**options, "index": index_uri, "checkpoint": checkpoint_uri})
+    serve.start(http_options={"host": host, "port": port})
+    # Serve logs every request of every replica by default: a few hundred microseconds per hop.
+    logging_config = {"enable_access_log": access_log}
+    serve.run_many([serve.RunTarget(target=build_app(cfg), name=name, route_prefix=route_prefix,
+                                    logging_config=logging_config)], wait_for_applications_running=False)  # fmt: skip
+    url = http_address() + route_prefix.rstrip("/")
+    wait_until_ready(name, url, ready_timeout_s)
+    logger.info("rayhash search %r answering at %s", name, url)
+    return url
+
+
+def stop(name: str = "rayhash") -> None:
+    serve.delete(name)
+

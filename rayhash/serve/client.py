@@ -1,0 +1,64 @@
+"""A small HTTP client for the search service (plain ``requests``; no Ray needed)."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import quote
+
+import numpy as np
+import requests
+
+from rayhash import codes as codes_lib
+
+
+class SearchError(RuntimeError):
+    """The service answered with an error status; ``status`` and the service's ``detail`` say why."""
+
+    def __init__(self, status: int, detail):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+class SearchClient:
+    """``SearchClient("http://127.0.0.1:8000").search_codes(["00ff..."], k=10)`` -> results per query.
+
+    Each result is a list of ``{"id", "distance"}`` sorted by distance, then id.
+    """
+
+    def __init__(self, url: str, timeout: float = 30.0):
+        self.url, self.timeout = url.rstrip("/"), timeout
+        self.session = requests.Session()
+
+    def _send(self, method: str, path: str, **kw) -> dict:
+        r = self.session.request(method, self.url + path, timeout=self.timeout, **kw)
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text
+            raise SearchError(r.status_code, detail)
+        return r.json()
+
+    def search_codes(self, codes: list[str] | np.ndarray, k: int = 10, radius: int | None = None,
+                     partial: bool = False) -> list[list[dict]]:
+        """Nearest items of hex codes (or packed uint8 codes ``(q, nbits/8)``), one list per query."""
+        if isinstance(codes, np.ndarray):
+            codes = codes_lib.to_hex(codes)
+        body = {"codes": list(codes), "k": k, "partial": partial, **({"radius": radius} if radius is not None else {})}
+        return self._send("POST", "/search/codes", json=body)["results"]
+
+    def search_image(self, image: bytes | str | os.PathLike, k: int = 10, partial: bool = False) -> list[dict]:
+        """Nearest items of an image given as encoded bytes (PNG, JPEG, ...) or a file path."""
+        data = image if isinstance(image, (bytes, bytearray)) else open(image, "rb").read()
+        files = {"file": ("image", bytes(data), "application/octet-stream")}
+        return self._send("POST", "/search/image", params={"k": k, "partial": partial}, files=files)["results"]
+
+    def neighbors(self, item_id: str, k: int = 10, partial: bool = False) -> list[dict]:
+        """Nearest items of an indexed item, itself excluded."""
+        return self._send("GET", f"/items/{quote(item_id, safe='')}/neighbors", params={"k": k, "partial": partial})["results"]
+
+    def stats(self) -> dict:
+        return self._send("GET", "/stats")
+
+    def healthz(self) -> dict:
+        return self._send("GET", "/healthz")

@@ -1,0 +1,239 @@
+"""The HTTP ingress: FastAPI routes, input checks, fan-out to every shard, exact merge.
+
+Every query goes to every shard at once; each shard answers its own top-k by
+(distance, id) and :func:`rayhash.index.search.merge_topk` cuts the union at k, which equals
+one flat search over all codes. A shard that does not answer (all replicas gone, or past the
+request timeout) fails the request with a 503 naming it, unless the caller asked for
+``partial`` results, which are then marked as such.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route signatures' types at runtime.
+
+import asyncio
+import logging
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.exceptions import RayActorError
+
+from rayhash import codes as codes_lib
+from rayhash.index.search import merge_topk
+from rayhash.serve.shard import query_rows
+
+logger = logging.getLogger(__name__)
+
+# ImageDecodeError.reason -> HTTP status
+DECODE_STATUS = {"empty": 400, "too_large": 413, "decompression_bomb": 413, "unsupported_format": 415,
+                 "not_an_image": 422, "truncated": 422, "corrupt": 422}  # fmt: skip
+IMAGE_TYPES = ("multipart/form-data", "application/octet-stream")
+MULTIPART_SLACK = 64 << 10  # boundaries and part headers around an uploaded file
+
+app = FastAPI(
+    title="rayhash search",
+    description="Nearest images by Hamming distance over a sharded faiss binary index. Every result is a list "
+                "of {id, distance} sorted by distance, then id.",
+)  # fmt: skip
+
+
+class CodesQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    codes: list[str] = Field(min_length=1, description="packed codes as hex, nbits/4 digits each (MSB first)")
+    k: int = Field(10, description="results per query (1..max_k, see /stats)")
+    radius: int | None = Field(None, description="only items within this Hamming distance (inclusive)")
+    partial: bool = Field(False, description="answer from the shards that respond, marked partial, instead of a 503")
+
+
+class ShardUnavailable(Exception):
+    def __init__(self, shard: int, reason: str):
+        super().__init__(f"shard {shard} ({reason})")
+        self.shard = shard
+
+
+def _results(dist: np.ndarray, ids: np.ndarray) -> list[list[dict]]:
+    return [[{"id": i, "distance": d} for i, d in zip(id_row, d_row) if i is not None]
+            for id_row, d_row in zip(ids.tolist(), dist.tolist())]  # fmt: skip
+
+
+@serve.deployment
+@serve.ingress(app)
+class SearchIngress:
+    def __init__(self, shards: list, encoder=None, *, stats: dict, max_k: int, max_queries: int,
+                 max_upload_bytes: int, timeout_s: float, batch_rows: int = 256):
+        self.shards, self.encoder, self.stats_body = shards, encoder, stats
+        self.nbits = int(stats["nbits"])
+        self.max_k, self.max_queries, self.max_upload_bytes, self.timeout_s = max_k, max_queries, max_upload_bytes, timeout_s
+        self.fan_out.set_max_batch_size(batch_rows)
+
+    # --- routes --------------------------------------------------------------------------------
+
+    @app.get("/healthz", summary="200 when every shard (and the encoder) answers, else 503 naming what is down")
+    async def healthz(self):
+        names = [f"shard {i}" for i in range(len(self.shards))] + (["encoder"] if self.encoder else [])
+        handles = list(self.shards) + ([self.encoder] if self.encoder else [])
+        answers = await asyncio.gather(*(asyncio.wait_for(h.info.remote(), min(self.timeout_s, 5.0)) for h in handles),
+                                       return_exceptions=True)  # fmt: skip
+        down = [name for name, a in zip(names, answers) if isinstance(a, BaseException)]
+        if down:
+            return JSONResponse({"status": "unavailable", "detail": f"not answering: {', '.join(down)}"}, 503)
+        return {"status": "ok", "shards": len(self.shards), "encoder": self.encoder is not None}
+
+    @app.get("/stats", summary="shards, items, nbits, index kind, code-set and model versions, limits")
+    async def stats(self):
+        return self.stats_body
+
+    @app.post("/search/codes", summary="k nearest items of each hex code")
+    async def search_codes(self, query: CodesQuery):
+        k = self._check_k(query.k)
+        if len(query.codes) > self.max_queries:
+            raise HTTPException(413, f"{len(query.codes)} codes in one request; this service takes at most {self.max_queries}")
+        if query.radius is not None and not 0 <= query.radius <= self.nbits:
+            raise HTTPException(422, f"radius must be between 0 and {self.nbits} (the code length), got {query.radius}")
+        try:
+            packed = codes_lib.from_hex(query.codes, self.nbits)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        dist, ids, missing = await self._search(packed, k, query.partial)
+        if query.radius is not None:
+            ids = np.where(dist <= query.radius, ids, None)
+        return self._answer({"results": _results(dist, ids), "k": k, "radius": query.radius}, missing)
+
+    @app.post(
+        "/search/image",
+        summary="k nearest items of an uploaded image",
+        description="Send the image as multipart/form-data field `file`, or as the raw body with Content-Type "
+                    "image/* or application/octet-stream.",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                               "properties": {"file": {"type": "string", "format": "binary"}}}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        }}},
+    )  # fmt: skip
+    async def search_image(self, request: Request, k: int = 10, partial: bool = False):
+        k = self._check_k(k)
+        if self.encoder is None:
+            raise HTTPException(503, "image search is off: this service runs without an encoder (start it with a checkpoint)")
+        data = await self._read_upload(request)
+        code, reason, message = await self._call(self.encoder.encode.remote(data), "the encoder")
+        if code is None:
+            raise HTTPException(DECODE_STATUS.get(reason, 422), f"not a usable image: {message}")
+        dist, ids, missing = await self._search(code[None, :], k, partial)
+        return self._answer({"code": codes_lib.to_hex(code[None, :])[0], "results": _results(dist, ids)[0], "k": k},
+                            missing)  # fmt: skip
+
+    @app.get("/items/{item_id:path}/neighbors", summary="k nearest items of an indexed item (itself excluded)")
+    async def neighbors(self, item_id: str, k: int = 10, partial: bool = False):
+        k = self._check_k(k)
+        found = await asyncio.gather(*(self._call(s.code_of.remote(item_id), f"shard {i}")
+                                       for i, s in enumerate(self.shards)), return_exceptions=partial)  # fmt: skip
+        codes = [c for c in found if isinstance(c, np.ndarray)]
+        if not codes:
+            lost = [i for i, c in enumerate(found) if isinstance(c, BaseException)]
+            if lost:
+                raise HTTPException(503, f"id {item_id!r} is in none of the shards that answered; shards {lost} did not")
+            raise HTTPException(404, f"no item with id {item_id!r} in this index")
+        dist, ids, missing = await self._search(codes[0][None, :], k + 1, partial)
+        keep = ids[0] != item_id
+        dist, ids = dist[:, keep][:, :k], ids[:, keep][:, :k]
+        return self._answer({"id": item_id, "code": codes_lib.to_hex(codes[0][None, :])[0],
+                             "results": _results(dist, ids)[0], "k": k}, missing)  # fmt: skip
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _check_k(self, k: int) -> int:
+        if not 1 <= k <= self.max_k:
+            raise HTTPException(422, f"k must be between 1 and {self.max_k} (this service's cap), got {k}")
+        return k
+
+    @staticmethod
+    def _answer(body: dict, missing: list[int]) -> JSONResponse:
+        body.update(partial=bool(missing), missing_shards=missing)
+        return JSONResponse(body)
+
+    async def _read_upload(self, request: Request) -> bytes:
+        """The uploaded image's bytes; the size cap holds before the body is read, not after."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        multipart = ctype == "multipart/form-data"
+        if not (ctype in IMAGE_TYPES or ctype.startswith("image/")):
+            raise HTTPException(415, f"Content-Type {ctype or '(none)'} is not an image upload: send the image as "
+                                     "multipart/form-data field 'file', or as the raw body with Content-Type image/* "
+                                     "or application/octet-stream")  # fmt: skip
+        limit = f"the upload limit of {self.max_upload_bytes} bytes"
+        cap = self.max_upload_bytes + (MULTIPART_SLACK if multipart else 0)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise HTTPException(413, f"the body of {declared} bytes exceeds {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():  # a body without Content-Length is counted as it arrives
+            size += len(chunk)
+            if size > cap:
+                raise HTTPException(413, f"the body exceeds {limit}")
+            chunks.append(chunk)
+        data = await self._form_file(request, b"".join(chunks)) if multipart else b"".join(chunks)
+        if not data:
+            raise HTTPException(400, "the upload is empty")
+        if len(data) > self.max_upload_bytes:
+            raise HTTPException(413, f"the image of {len(data)} bytes exceeds {limit}")
+        return data
+
+    @staticmethod
+    async def _form_file(request: Request, body: bytes) -> bytes:
+        async def receive():  # replay the body already read (and capped) to Starlette's form parser
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await Request(request.scope, receive).form(max_files=1, max_fields=16)  # bad framing: 400
+        try:
+            file = form.get("file")
+            if not isinstance(file, UploadFile):
+                raise HTTPException(422, f"the multipart body has no file field 'file' (fields: {sorted(form.keys())})")
+            return await file.read()
+        finally:
+            await form.close()
+
+    async def _call(self, response, what: str):
+        try:
+            return await asyncio.wait_for(response, self.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(503, f"{what} did not answer within {self.timeout_s:g} s") from None
+
+    async def _ask_shard(self, i: int, codes: np.ndarray, k: int):
+        # Serve itself re-routes a request whose replica dies to another replica of the shard;
+        # what reaches here is a shard with no replica left, or one that is too slow.
+        try:
+            return await asyncio.wait_for(self.shards[i].search.remote(codes, k), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise ShardUnavailable(i, f"no answer within the {self.timeout_s:g} s request timeout") from None
+        except RayActorError as e:
+            raise ShardUnavailable(i, f"no replica left: {type(e).__name__}") from None
+
+    async def _search(self, codes: np.ndarray, k: int, partial: bool) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Exact top-k over every shard: ``(distances, ids, missing shard numbers)``, or a 503."""
+        dist, ids, failed = await self.fan_out(codes, k)
+        if failed and (not partial or len(failed) == len(self.shards)):
+            raise HTTPException(503, "index unavailable, results would be incomplete: " + "; ".join(map(str, failed))
+                                + ". Retry later, or pass partial=true to accept results from the other shards.")
+        return dist, ids, sorted(f.shard for f in failed)
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0, batch_size_fn=query_rows)
+    async def fan_out(self, codes: list[np.ndarray], ks: list[int]) -> list[tuple]:
+        """One fan-out for every request that queued while the last one ran: each shard hop costs
+        about a millisecond of CPU on both ends, so under load this is most of the throughput."""
+        rows = np.cumsum([0] + [len(c) for c in codes])
+        k = max(ks)
+        answers = await asyncio.gather(*(self._ask_shard(i, np.concatenate(codes), k) for i in range(len(self.shards))),
+                                       return_exceptions=True)  # fmt: skip
+        for a in answers:
+            if isinstance(a, BaseException) and not isinstance(a, ShardUnavailable):
+                raise a
+        failed = [a for a in answers if isinstance(a, ShardUnavailable)]
+        parts = [a for a in answers if not isinstance(a, BaseException)]
+        if not parts:
+            return [(None, None, failed)] * len(codes)
+        dist, _, source = merge_topk([(d, keys) for d, keys, _ in parts], k)
+        all_ids = np.hstack([ids for *_, ids in parts])
+        ids = np.where(source >= 0, np.take_along_axis(all_ids, np.maximum(source, 0), axis=1), None)
+        # Rows are sorted by (distance, id): the first k' columns of a top-k are the top-k'.
+        return [(dist[lo:hi, :kk], ids[lo:hi, :kk], failed) for lo, hi, kk in zip(rows[:-1], rows[1:], ks)]

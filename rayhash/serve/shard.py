@@ -1,0 +1,55 @@
+"""One Serve deployment per index shard: loads its shard (checksum first) and searches it.
+
+Concurrent requests are batched into one faiss call (``@serve.batch``): faiss scans codes
+once per batch whatever the number of queries, so batching is where a busy shard gains its
+throughput. faiss runs in a worker thread (it releases the GIL), keeping the replica's event
+loop free to queue the next batch meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faiss
+import numpy as np
+from ray import serve
+
+from rayhash import indexset
+
+logger = logging.getLogger(__name__)
+
+
+def query_rows(codes: list[np.ndarray]) -> int:
+    """Batch size in query rows, not requests: one request may carry many codes."""
+    return sum(len(c) for c in codes)
+
+
+@serve.deployment
+class IndexShardDeployment:
+    def __init__(self, index_uri: str, shard: int, *, nprobe: int | None = None, threads: int = 1,
+                 batch_rows: int = 256, batch_wait_s: float = 0.0):
+        faiss.omp_set_num_threads(threads)
+        self.shard = indexset.load_shard(index_uri, shard, nprobe=nprobe)  # raises ChecksumError first
+        self.search_batch.set_max_batch_size(batch_rows)
+        self.search_batch.set_batch_wait_timeout_s(batch_wait_s)
+        logger.info("shard %d of %s: %d items", shard, index_uri, len(self.shard))
+
+    async def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k of packed ``codes`` by (distance, id): ``(distances int32, global keys int64, ids object)``."""
+        return await self.search_batch(codes, k)
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0, batch_size_fn=query_rows)
+    async def search_batch(self, codes: list[np.ndarray], ks: list[int]) -> list[tuple]:
+        rows = np.cumsum([0] + [len(c) for c in codes])
+        k = max(ks)
+        # Rows are sorted by (distance, key), so the first k' columns of a top-k are the top-k'.
+        dist, keys = await asyncio.to_thread(self.shard.search_keys, np.concatenate(codes), k)
+        ids = self.shard.ids_of(np.where(keys >= 0, keys - self.shard.offset, -1))
+        return [(dist[lo:hi, :kk], keys[lo:hi, :kk], ids[lo:hi, :kk]) for lo, hi, kk in zip(rows[:-1], rows[1:], ks)]
+
+    async def code_of(self, item_id: str) -> np.ndarray | None:
+        return self.shard.code_of(item_id)
+
+    async def info(self) -> dict:
+        return {"shard": self.shard.number, "items": len(self.shard), "nbits": self.shard.nbits}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the main job end to end on the embedded default: local Ray, local
+# storage under runs/, Fashion-MNIST from the Debian package. Extra arguments override the config.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python jobs/quickstart.py --config configs/quickstart.yaml "$@"
