@@ -37,9 +37,10 @@ def load_rows() -> list[dict]:
 
 def save_rows(rows: list[dict], command: str) -> None:
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS + ".tmp", "w") as f:
+    tmp = f"{RESULTS}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
         json.dump({"protocol": "fmnist-1k", "command": command, "rows": rows}, f, indent=1)
-    os.replace(RESULTS + ".tmp", RESULTS)
+    os.replace(tmp, RESULTS)
 
 
 def run_deep(method: str, bits: int, seed: int, overrides: list[str], storage: str) -> dict:
@@ -85,7 +86,6 @@ def main() -> None:
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    rows = load_rows()
     for bits in args.bits:
         for seed in args.seeds:
             for method in args.methods:
@@ -94,7 +94,8 @@ def main() -> None:
                     method, bits, seed, overrides, args.storage)
                 row = {"method": method, "bits": bits, "seed": seed, **extra, "hardware": hardware(),
                        "wall_seconds": time.perf_counter() - t0, "command": command}
-                rows = [r for r in rows if (r["method"], r["bits"], r["seed"]) != (method, bits, seed)] + [row]
+                # Re-read before each save: sweeps of different methods may run side by side.
+                rows = [r for r in load_rows() if (r["method"], r["bits"], r["seed"]) != (method, bits, seed)] + [row]
                 save_rows(rows, command)
                 print(json.dumps(row), flush=True)
 

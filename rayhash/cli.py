@@ -112,8 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Later stages (encode, index, serve) add their subcommands here.
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+def _encode_parser(sub: argparse._SubParsersAction) -> None:
+    from rayhash.encode.cli import add_parser
+
+    add_parser(sub)
+
+
+# Later stages register their subcommands here; each module owns its parser and command.
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_encode_parser]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

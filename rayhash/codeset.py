@@ -246,7 +246,8 @@ def read_shard(manifest_or_uri: CodeSetManifest | str, i: int, verify: bool = Tr
     return table
 
 
-def read_codes(manifest_or_uri: CodeSetManifest | str, verify: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_codes(manifest_or_uri: CodeSetManifest | str,
+               verify: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """``(ids, codes uint8 (n, nbits/8), sources)`` of every shard, in manifest order."""
     m = _as_manifest(manifest_or_uri)
     tables = [read_shard(m, i, verify) for i in range(len(m.shards))]

@@ -96,13 +96,14 @@ class IndexShard:
 
     def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k per query by (distance, id): ``(distances int32 (q, k), ids object (q, k))``, pads ``-1`` / None."""
-        dist, pos = self.search_keys(codes, k)
-        return dist, self.ids_of(pos - np.where(pos >= 0, self.offset, 0))
-
-    def search_keys(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k as ``(distances int32, global keys int64)`` for :func:`rayhash.index.search.merge_topk`."""
         dist, pos = topk(self.index, self._check(codes), k)
-        return dist, np.where(pos >= 0, pos + self.offset, PAD)
+        return dist, self.ids_of(pos)
+
+    def search_keys(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k as ``(distances, global keys, ids)``: the keys are what :func:`rayhash.index.search.merge_topk`
+        orders ties by across shards (offset + position, in id order by the module's invariant)."""
+        dist, pos = topk(self.index, self._check(codes), k)
+        return dist, np.where(pos >= 0, pos + self.offset, PAD), self.ids_of(pos)
 
     def range_search(self, codes: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Every item within Hamming distance ``radius`` (inclusive) of each query, sorted by (distance, id)."""

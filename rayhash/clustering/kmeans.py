@@ -184,8 +184,8 @@ def kmeans(
     it = 0
     for it in range(1, n_iter + 1):
         labels, d2_min = assign(x64, centers, chunk_rows)
-        local = torch.cat([x64.new_zeros((k, d)).index_add_(0, labels, x64).flatten(), torch.bincount(labels, minlength=k).to(x64)])
-        stats = dist.all_reduce_sum(local)
+        sums = x64.new_zeros((k, d)).index_add_(0, labels, x64)
+        stats = dist.all_reduce_sum(torch.cat([sums.flatten(), torch.bincount(labels, minlength=k).to(x64)]))
         sums, counts = stats[: k * d].view(k, d), stats[k * d :]
         new_centers = sums / counts.clamp_min(1.0)[:, None]
         empty = (counts == 0).nonzero().flatten()

@@ -20,7 +20,7 @@ from rayhash.data.images import LabeledImages
 logger = logging.getLogger(__name__)
 
 
-def _image_bytes(column: pa.ChunkedArray, name: str) -> list[bytes | None]:
+def image_bytes(column: pa.ChunkedArray, name: str) -> list[bytes | None]:
     if pa.types.is_struct(column.type):
         if column.type.get_field_index("bytes") < 0:
             raise ValueError(f"image column {name!r} is a struct without a 'bytes' field.")
@@ -86,7 +86,7 @@ def load_parquet(
            else [str(i) for i in range(table.num_rows)])  # fmt: skip
     if len(set(ids)) != len(ids):
         raise ValueError(f"{uri}: column {id_column!r} has duplicate ids.")
-    blobs = _image_bytes(table[image_column], image_column)
+    blobs = image_bytes(table[image_column], image_column)
     images, kept, skipped = decode_all(
         zip(ids, blobs), name=name, image_size=image_size,
         mode=mode, max_bytes=max_bytes, max_pixels=max_pixels,

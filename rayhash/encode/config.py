@@ -21,7 +21,7 @@ class EncodeConfig:
     checkpoint: str = ""
     output: str = ""  # the code-set directory, local or s3://
     rows_per_shard: int = 100_000
-    read_batch: int = 256  # inputs read and decoded at once (one Ray Data block)
+    read_batch: int = 256  # files (or Parquet row groups) read and decoded at once: one Ray Data block
     batch_size: int = 256  # images per encoder call
     num_actors: int = 1
     cpus_per_actor: float = 1.0

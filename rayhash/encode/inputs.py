@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from rayhash import storage
 from rayhash.data.decode import ImageDecodeError, decode_image
-from rayhash.data.parquet import _image_bytes
+from rayhash.data.parquet import image_bytes
 from rayhash.encode.config import EncodeConfig
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def _fetch_row_group(uri: str, group: int, rows: int, image_column: str, id_colu
             table = pq.ParquetFile(f).read_row_group(group, columns=[image_column] + ([id_column] if id_column else []))
         if table.num_rows != rows:
             raise ValueError(f"row group {group} has {table.num_rows} rows, its footer says {rows}")
-        data = [d if d is not None else b"" for d in _image_bytes(table[image_column], image_column)]
+        data = [d if d is not None else b"" for d in image_bytes(table[image_column], image_column)]
         return data, ([str(v) for v in table[id_column].to_pylist()] if id_column else None)
     except Exception as e:  # a bad file rejects its rows; it never fails the job
         return [e] * rows, None

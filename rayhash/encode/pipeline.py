@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -96,6 +96,32 @@ def _dataset(cfg: EncodeConfig, todo: pa.Table, ckpt: checkpoint.Checkpoint, mod
     )  # fmt: skip
 
 
+def complete_chunks(batches: Iterable[pa.Table], expected: dict[int, int]) -> Iterator[tuple[int, pa.Table]]:
+    """Group streamed rows by chunk; yield ``(chunk, rows)`` the moment a chunk's last input arrives."""
+    pending: dict[int, list[pa.Table]] = {i: [] for i in expected}
+    got = dict.fromkeys(expected, 0)
+    for batch in batches:
+        for i in np.unique(batch["chunk"].to_numpy()).tolist():
+            if i not in got:
+                raise RuntimeError(f"rows of chunk {i} arrived, which this run did not ask for")
+            part = batch.filter(pc.equal(batch["chunk"], i))
+            got[i] += part.num_rows
+            if got[i] > expected[i]:
+                raise RuntimeError(f"chunk {i} received {got[i]} rows for {expected[i]} inputs")
+            pending[i].append(part)
+            if got[i] == expected[i]:
+                yield i, pa.concat_tables(pending.pop(i))
+    if pending:
+        raise RuntimeError(f"the dataset ended with chunks {sorted(pending)[:5]} incomplete; nothing was committed")
+
+
+def _progress(batches: Iterable[pa.Table], total: int, enabled: bool) -> Iterator[pa.Table]:
+    with tqdm(total=total, unit="img", desc="encode", disable=not enabled) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(batch.num_rows)
+
+
 def run_encode(cfg: EncodeConfig, *, on_staged: Callable[[int, int], None] | None = None) -> codeset.CodeSetManifest:
     """Encode every input of ``cfg`` and commit the code set at ``cfg.output``.
 
@@ -110,64 +136,54 @@ def run_encode(cfg: EncodeConfig, *, on_staged: Callable[[int, int], None] | Non
     items = inputs.plan(cfg)
     run = staging.run_dir(ckpt.sha256, cfg)
     chunk_ids = items["chunk"].to_numpy()
-    num_chunks = int(chunk_ids[-1]) + 1
-    bounds = np.searchsorted(chunk_ids, np.arange(num_chunks + 1))
-    chunk_items = [items.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(num_chunks)]
-    fingerprints = [inputs.chunk_fingerprint(t) for t in chunk_items]
-    expected = [int(pc.sum(t["rows"]).as_py()) for t in chunk_items]
+    bounds = np.searchsorted(chunk_ids, np.arange(int(chunk_ids[-1]) + 2))
+    chunks = [items.slice(lo, hi - lo) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    fingerprints = [inputs.chunk_fingerprint(t) for t in chunks]
+    expected = [int(pc.sum(t["rows"]).as_py()) for t in chunks]
 
-    staged: dict[int, staging.StagedChunk] = {}
-    codes: dict[int, pa.Table] = {}
-    for i in range(num_chunks):
-        found = staging.load_chunk(cfg.output, run, i, fingerprints[i], nbits)
-        if found:
-            staged[i], codes[i] = found
-    todo = [i for i in range(num_chunks) if i not in staged]
-    todo_rows = sum(expected[i] for i in todo)
-    logger.info("encoding %s into %s/%s: %d inputs in %d chunks, %d already staged, %d to encode",
-                cfg.input, cfg.output, run, sum(expected), num_chunks, len(staged), todo_rows)  # fmt: skip
+    # Chunks an earlier attempt of this run staged, and whose files still prove it, are done.
+    staged: dict[int, tuple[staging.StagedChunk, pa.Table]] = {}
+    for i in range(len(chunks)):
+        if found := staging.load_chunk(cfg.output, run, i, fingerprints[i], nbits):
+            staged[i] = found
+    todo = {i: expected[i] for i in range(len(chunks)) if i not in staged}
+    logger.info("encoding %s into %s/%s: %d inputs in %d chunks, %d chunks already staged, %d inputs to encode",
+                cfg.input, cfg.output, run, sum(expected), len(chunks), len(staged), sum(todo.values()))  # fmt: skip
 
     stream_started = time.perf_counter()
     if todo:
         _check_resources(cfg)
-        pending: dict[int, list[pa.Table]] = {i: [] for i in todo}
-        got = dict.fromkeys(todo, 0)
-        ds = _dataset(cfg, pa.concat_tables([chunk_items[i] for i in todo]), ckpt, mode)
-        with tqdm(total=todo_rows, unit="img", desc="encode", disable=not cfg.progress) as bar:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for i in np.unique(batch["chunk"].to_numpy()).tolist():
-                    part = batch.filter(pc.equal(batch["chunk"], i))
-                    pending[i].append(part)
-                    got[i] += part.num_rows
-                    if got[i] > expected[i]:
-                        raise RuntimeError(f"chunk {i} received {got[i]} rows for {expected[i]} inputs")
-                    if got[i] == expected[i]:
-                        rows = pa.concat_tables(pending.pop(i))
-                        staged[i], codes[i] = staging.stage_chunk(cfg.output, run, i, fingerprints[i], rows, nbits)
-                        if on_staged:
-                            on_staged(len(staged), num_chunks)
-                bar.update(batch.num_rows)
-        if pending:
-            raise RuntimeError(f"the dataset ended with chunks {sorted(pending)[:5]} incomplete; nothing was committed")
+        ds = _dataset(cfg, pa.concat_tables([chunks[i] for i in todo]), ckpt, mode)
+        batches = _progress(ds.iter_batches(batch_size=None, batch_format="pyarrow"), sum(todo.values()), cfg.progress)
+        for i, rows in complete_chunks(batches, todo):
+            staged[i] = staging.stage_chunk(cfg.output, run, i, fingerprints[i], rows, nbits)
+            if on_staged:
+                on_staged(len(staged), len(chunks))
     elapsed = time.perf_counter() - stream_started
 
-    ordered = [staged[i] for i in range(num_chunks)]
-    all_codes = pa.concat_tables([codes[i] for i in range(num_chunks)])
+    manifest = _commit(cfg, ckpt, run, nbits, [staged[i] for i in range(len(chunks))], sum(expected))
+    rate = sum(todo.values()) / elapsed if todo else 0.0
+    logger.info("encode done: %d encoded, %d rejected (%d inputs, %d reused from staged chunks) in %.1f s; "
+                "%.0f images/s this run", manifest.counts["encoded"], manifest.counts["rejected"], sum(expected),
+                sum(expected) - sum(todo.values()), time.perf_counter() - started, rate)  # fmt: skip
+    return manifest
+
+
+def _commit(cfg: EncodeConfig, ckpt: checkpoint.Checkpoint, run: str, nbits: int,
+            chunks: list[tuple[staging.StagedChunk, pa.Table]], num_inputs: int) -> codeset.CodeSetManifest:  # fmt: skip
+    """Check that every input is in exactly one shard, then write the manifest."""
+    all_codes = pa.concat_tables([codes for _, codes in chunks])
     if pc.count_distinct(all_codes["id"]).as_py() != all_codes.num_rows:
         raise ValueError(f"ids repeat across {cfg.input}; with input_format='parquet' set a unique id_column, "
                          "or leave it empty for '<file>#<row>' ids")  # fmt: skip
     packed = codeset.codes_from_arrow(all_codes["code"])
-    counts = {"inputs": sum(expected), "encoded": len(packed), "rejected": sum(c.errors.rows for c in ordered if c.errors)}
-    if counts["encoded"] + counts["rejected"] != counts["inputs"]:
-        raise RuntimeError(f"{counts['encoded']} encoded + {counts['rejected']} rejected != {counts['inputs']} inputs")
-    manifest = codeset.commit(
+    rejected = sum(c.errors.rows for c, _ in chunks if c.errors)
+    if len(packed) + rejected != num_inputs:
+        raise RuntimeError(f"{len(packed)} encoded + {rejected} rejected != {num_inputs} inputs; nothing was committed")
+    return codeset.commit(
         cfg.output, nbits=nbits, checkpoint_uri=ckpt.uri, checkpoint_sha256=ckpt.sha256,
         config={**to_dict(cfg), "checkpoint": ckpt.uri, "run": run},
-        shards=[c.codes for c in ordered if c.codes], errors=[c.errors for c in ordered if c.errors],
-        counts=counts, health=codeset.code_health(packed, nbits),
+        shards=[c.codes for c, _ in chunks if c.codes], errors=[c.errors for c, _ in chunks if c.errors],
+        counts={"inputs": num_inputs, "encoded": len(packed), "rejected": rejected},
+        health=codeset.code_health(packed, nbits),
     )  # fmt: skip
-    rate = todo_rows / elapsed if todo_rows and elapsed > 0 else 0.0
-    logger.info("encode done: %d encoded, %d rejected (%d inputs, %d reused from staged chunks) in %.1f s; "
-                "%.0f images/s this run", counts["encoded"], counts["rejected"], counts["inputs"],
-                counts["inputs"] - todo_rows, time.perf_counter() - started, rate)  # fmt: skip
-    return manifest

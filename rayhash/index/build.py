@@ -103,21 +103,29 @@ def build_index_set(codeset_uri: str, out_uri: str, *, num_shards: int = 1, kind
                     nlist: int | None = None, nprobe: int | None = None, train_size: int | None = None,
                     seed: int = 0, threads: int | None = None) -> indexset.IndexSetManifest:
     """Read a committed code set (checksums verified), build its shards and commit an index set."""
+    saved_threads = faiss.omp_get_max_threads()
     if threads is not None:
         faiss.omp_set_num_threads(threads)
+    try:
+        return _build(codeset_uri, out_uri, num_shards=num_shards, kind=kind, nlist=nlist, nprobe=nprobe,
+                      train_size=train_size, seed=seed)  # fmt: skip
+    finally:
+        faiss.omp_set_num_threads(saved_threads)
+
+
+def _build(codeset_uri: str, out_uri: str, **options) -> indexset.IndexSetManifest:
     cs = codeset.read_manifest(codeset_uri)
     ids, codes, _ = codeset.read_codes(cs)
     expected = int(cs.counts.get("encoded", cs.num_codes))
     if not len(ids) == cs.num_codes == expected:
         raise ValueError(f"{cs.uri}: read {len(ids)} codes, the shards record {cs.num_codes} and counts.encoded "
                          f"{expected}; the code set is inconsistent, re-run the encode job")  # fmt: skip
-    shards, params = build_shards(ids, codes, cs.nbits, num_shards=num_shards, kind=kind, nlist=nlist,
-                                  nprobe=nprobe, train_size=train_size, seed=seed)  # fmt: skip
+    shards, params = build_shards(ids, codes, cs.nbits, **options)
     built = sum(int(index.ntotal) for index, _ in shards)
     if built != expected:  # faiss adds whatever it is given; check nothing was lost on the way
         raise RuntimeError(f"built {built} index entries from a code set of {expected} codes")
     return indexset.write_index_set(
-        out_uri, shards, nbits=cs.nbits, kind=kind, params=params, codeset_uri=cs.uri,
+        out_uri, shards, nbits=cs.nbits, kind=options["kind"], params=params, codeset_uri=cs.uri,
         codeset_manifest_sha256=cs.sha256, checkpoint_uri=cs.checkpoint_uri, checkpoint_sha256=cs.checkpoint_sha256,
     )  # fmt: skip
 

@@ -15,10 +15,10 @@ import logging
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import RayActorError
+from starlette.datastructures import UploadFile
 
 from rayhash import codes as codes_lib
 from rayhash.index.search import merge_topk
@@ -198,16 +198,26 @@ class SearchIngress:
             return await asyncio.wait_for(response, self.timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(503, f"{what} did not answer within {self.timeout_s:g} s") from None
+        except RayActorError as e:
+            raise HTTPException(503, f"{what} lost its replica ({type(e).__name__}); retry") from None
 
     async def _ask_shard(self, i: int, codes: np.ndarray, k: int):
-        # Serve itself re-routes a request whose replica dies to another replica of the shard;
-        # what reaches here is a shard with no replica left, or one that is too slow.
-        try:
-            return await asyncio.wait_for(self.shards[i].search.remote(codes, k), self.timeout_s)
-        except asyncio.TimeoutError:
-            raise ShardUnavailable(i, f"no answer within the {self.timeout_s:g} s request timeout") from None
-        except RayActorError as e:
-            raise ShardUnavailable(i, f"no replica left: {type(e).__name__}") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        error = "no answer"
+        while (left := deadline - loop.time()) > 0:
+            try:
+                return await asyncio.wait_for(self.shards[i].search.remote(codes, k), left)
+            except RayActorError as e:
+                # The replica died while running this request (Serve re-routes only requests it had
+                # not started). Searching is idempotent: the router has dropped the dead replica,
+                # so the retry goes to another one, or waits for a new one until the deadline.
+                error = f"replica lost: {type(e).__name__}"
+                logger.warning("shard %d: %s; retrying", i, error)
+                await asyncio.sleep(0.05)
+            except asyncio.TimeoutError:
+                break
+        raise ShardUnavailable(i, f"{error} within the {self.timeout_s:g} s request timeout")
 
     async def _search(self, codes: np.ndarray, k: int, partial: bool) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Exact top-k over every shard: ``(distances, ids, missing shard numbers)``, or a 503."""
@@ -219,8 +229,8 @@ class SearchIngress:
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0, batch_size_fn=query_rows)
     async def fan_out(self, codes: list[np.ndarray], ks: list[int]) -> list[tuple]:
-        """One fan-out for every request that queued while the last one ran: each shard hop costs
-        about a millisecond of CPU on both ends, so under load this is most of the throughput."""
+        """One fan-out for every request that queued while the last one ran: under load, requests
+        share shard calls (each an actor call with its own serialisation) and one merge."""
         rows = np.cumsum([0] + [len(c) for c in codes])
         k = max(ks)
         answers = await asyncio.gather(*(self._ask_shard(i, np.concatenate(codes), k) for i in range(len(self.shards))),

@@ -29,7 +29,7 @@ def query_rows(codes: list[np.ndarray]) -> int:
 class IndexShardDeployment:
     def __init__(self, index_uri: str, shard: int, *, nprobe: int | None = None, threads: int = 1,
                  batch_rows: int = 256, batch_wait_s: float = 0.0):
-        faiss.omp_set_num_threads(threads)
+        self.threads = threads
         self.shard = indexset.load_shard(index_uri, shard, nprobe=nprobe)  # raises ChecksumError first
         self.search_batch.set_max_batch_size(batch_rows)
         self.search_batch.set_batch_wait_timeout_s(batch_wait_s)
@@ -44,9 +44,13 @@ class IndexShardDeployment:
         rows = np.cumsum([0] + [len(c) for c in codes])
         k = max(ks)
         # Rows are sorted by (distance, key), so the first k' columns of a top-k are the top-k'.
-        dist, keys = await asyncio.to_thread(self.shard.search_keys, np.concatenate(codes), k)
-        ids = self.shard.ids_of(np.where(keys >= 0, keys - self.shard.offset, -1))
+        dist, keys, ids = await asyncio.to_thread(self._search, np.concatenate(codes), k)
         return [(dist[lo:hi, :kk], keys[lo:hi, :kk], ids[lo:hi, :kk]) for lo, hi, kk in zip(rows[:-1], rows[1:], ks)]
+
+    def _search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # OpenMP's thread count belongs to the calling thread: set it in the worker thread itself.
+        faiss.omp_set_num_threads(self.threads)
+        return self.shard.search_keys(codes, k)
 
     async def code_of(self, item_id: str) -> np.ndarray | None:
         return self.shard.code_of(item_id)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from rayhash import codeset, storage
+from rayhash import storage
 from rayhash.config import ConfigError, load
 from rayhash.encode import EncodeConfig, inputs, staging
 
@@ -148,3 +148,20 @@ def test_encoder_actor_decodes_or_takes_decoded_batches(fmnist_lake, tiny_checkp
     assert rejected == fmnist_lake.bad
     with pytest.raises(RuntimeError, match="changed while the job ran"):
         EncodeImages(tiny_checkpoint, "0" * 64, **kw)
+
+
+def test_complete_chunks_out_of_order():
+    from rayhash.encode.pipeline import complete_chunks
+
+    def batch(*chunks):
+        return pa.table({"chunk": pa.array(chunks, pa.int32()), "n": list(range(len(chunks)))})
+
+    stream = [batch(1, 0), batch(1, 2), batch(0), batch(2, 1)]
+    done = [(i, rows.num_rows) for i, rows in complete_chunks(stream, {0: 2, 1: 3, 2: 2})]
+    assert done == [(0, 2), (1, 3), (2, 2)]
+    with pytest.raises(RuntimeError, match="received 3 rows for 2"):
+        list(complete_chunks([batch(0, 0), batch(0)], {0: 2, 1: 1}))
+    with pytest.raises(RuntimeError, match="incomplete"):
+        list(complete_chunks([batch(0)], {0: 2}))
+    with pytest.raises(RuntimeError, match="did not ask for"):
+        list(complete_chunks([batch(5)], {0: 1}))
