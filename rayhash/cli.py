@@ -70,6 +70,36 @@ def cmd_quickstart(ns: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_index(ns: argparse.Namespace, overrides: list[str]) -> int:
+    import json
+
+    from rayhash.config import load
+    from rayhash.index import IndexBuildConfig, build_from_config
+
+    m = build_from_config(load(IndexBuildConfig, ns.config, overrides))
+    print(json.dumps({"index": m.uri, "kind": m.kind, "params": m.params, "shards": len(m.shards),
+                      "items": m.items, "nbits": m.nbits, "manifest_sha256": m.sha256}))
+    return 0
+
+
+def cmd_serve(ns: argparse.Namespace, overrides: list[str]) -> int:
+    import time
+
+    from rayhash.config import apply_overrides, from_dict
+    from rayhash.serve import ServeConfig, start
+
+    options = apply_overrides({}, overrides)
+    from_dict(ServeConfig, {**options, "index": ns.index})  # a bad key stops here, before Ray starts
+    connect_ray(ns.address, ns.num_cpus)
+    url = start(ns.index, ns.checkpoint, host=ns.host, port=ns.port, **options)
+    print(f"rayhash search answering at {url} (OpenAPI docs at {url}/docs); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+
+
 def storage_join(uri: str, name: str) -> str:
     from rayhash import storage
 
@@ -100,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", nargs="*", default=["itq", "lsh"], help="baselines scored beside the checkpoint")
     p.add_argument("--output", help="report folder (default: <checkpoint>/eval)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("index", help="build faiss binary index shards from a code set (--codeset=... --out=...)")
+    p.add_argument("--config", help="YAML of rayhash.index.IndexBuildConfig keys")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("serve", help="serve Hamming search over an index set on Ray Serve (blocks)")
+    p.add_argument("--index", required=True, help="index-set directory (local or s3://)")
+    p.add_argument("--checkpoint", help="encoder checkpoint (default: the one that wrote the code set)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local cluster, when one is started")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("quickstart", help="train -> evaluate -> encode -> index -> serve -> query, on one machine")
     p.add_argument("--config", default="configs/quickstart.yaml")

@@ -7,8 +7,12 @@ layout faiss's binary indexes and Parquet's ``fixed_size_binary[nbits/8]`` colum
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads lazily: Serve's shard and ingress replicas never need it
+    import torch
 
 
 def check_nbits(nbits: int) -> int:
@@ -19,12 +23,14 @@ def check_nbits(nbits: int) -> int:
 
 def binarize(h: torch.Tensor) -> torch.Tensor:
     """Signs of ``h`` as +-1 floats (0 maps to -1, matching :func:`pack`)."""
+    import torch
+
     return torch.where(h > 0, 1.0, -1.0).to(h.dtype)
 
 
 def pack(h: np.ndarray | torch.Tensor) -> np.ndarray:
     """Continuous or +-1 codes ``(n, nbits)`` -> packed ``uint8`` ``(n, nbits // 8)``."""
-    if isinstance(h, torch.Tensor):
+    if hasattr(h, "detach"):  # a torch tensor, without importing torch to ask
         h = h.detach().cpu().numpy()
     h = np.asarray(h)
     check_nbits(h.shape[-1])
