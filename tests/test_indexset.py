@@ -6,17 +6,10 @@ import numpy as np
 import pytest
 
 from rayhash import codeset, indexset, storage
-from rayhash.codes import hamming
+from hamming_reference import brute_force
 from rayhash.index import build_index_set
 
 
-def brute_force(q, ids, codes, k):
-    """Reference top-k per query: (distances, ids) sorted by (Hamming distance, id string)."""
-    ids = np.asarray(ids, dtype=object)
-    rank = np.argsort(np.argsort(ids.astype(str)))
-    d = hamming(q, codes)
-    order = np.lexsort((np.broadcast_to(rank, d.shape), d), axis=1)[:, :k]
-    return np.take_along_axis(d, order, axis=1), ids[order]
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ folder is copied. Files that fail to read or decode are skipped and listed in
 from __future__ import annotations
 
 import logging
-import os
 import posixpath
 from typing import Iterator, Sequence
 

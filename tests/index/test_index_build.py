@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rayhash import codeset, indexset, storage
-from rayhash.codes import hamming
+from hamming_reference import brute_force
 from rayhash.index import build_index_set, build_shards, merge_topk
 from rayhash.index.build import default_nlist
 
@@ -30,12 +30,6 @@ def search_index_set(m, q, k, nprobe=None):
     return dist, np.where(keys >= 0, all_ids[np.maximum(keys, 0)], None)
 
 
-def brute_force(q, ids, codes, k):
-    ids = np.asarray(ids, dtype=object)
-    rank = np.argsort(np.argsort(ids.astype(str)))
-    d = hamming(q, codes)
-    order = np.lexsort((np.broadcast_to(rank, d.shape), d), axis=1)[:, :k]
-    return np.take_along_axis(d, order, axis=1), ids[order]
 
 
 @pytest.fixture(scope="module")

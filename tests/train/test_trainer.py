@@ -1,8 +1,8 @@
 """Real Ray Train runs on the session's local cluster: small data, a few rounds each."""
 
 import os
+import tempfile
 
-import pytest
 
 from rayhash import checkpoint
 from rayhash.config import load
@@ -33,7 +33,7 @@ def test_two_workers_write_a_checkpoint(ray_cluster, tmp_path):
 def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, tmp_path):
     cfg = _cfg(tmp_path, "chaos", "--run.num_workers=2", "--run.rounds=3", "--run.chaos_kill_at_round=1",
                "--run.max_failures=1")
-    marker_dir = os.path.join(__import__("tempfile").gettempdir(), "rayhash-chaos", "chaos")
+    marker_dir = os.path.join(tempfile.gettempdir(), "rayhash-chaos", "chaos")
     for f in os.listdir(marker_dir) if os.path.isdir(marker_dir) else []:
         os.remove(os.path.join(marker_dir, f))
     result = run_training(cfg)
