@@ -1,0 +1,53 @@
+"""Recipe pilots: train in one process (no Ray) and print mAP@1000 on the Fashion-MNIST protocol
+every ``EVERY`` rounds. The README's "what was tried" figures came from it.
+
+    EVERY=10 python benchmarks/recipe_pilot.py M1-mlp-abl --model.backbone=mlp --method.ablation=true \\
+        --optim.batch_size=64 --optim.lr=0.001 --run.rounds=30
+
+Arguments: a label, then overrides of configs/fmnist-dsch-64.yaml. This session's pilots:
+benchmarks/results/fmnist_recipe_pilots.json.
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from rayhash.config import load
+from rayhash.encoder import ImageEncoder
+from rayhash.metrics import map_at_k
+from rayhash.models import build_model
+from rayhash.train.config import TrainConfig
+from rayhash.train.loop import load_split, run_rounds
+
+
+def main() -> None:
+    label, overrides = sys.argv[1], sys.argv[2:]
+    every = int(os.environ.get("EVERY", "3"))
+    cfg = load(TrainConfig, os.path.join(os.path.dirname(__file__), "..", "configs", "fmnist-dsch-64.yaml"), overrides)
+    data, split = load_split(cfg.data)
+    positions = np.concatenate([split.query, split.database])
+    nq = len(split.query)
+    t0 = time.perf_counter()
+
+    def report(metrics: dict, payload: dict | None) -> None:
+        r = metrics["round"]
+        if payload is None or not (r % every == every - 1 or r == cfg.run.rounds - 1):
+            return
+        model = build_model(cfg.model)
+        model.load_state_dict(payload["model"])
+        encoder = ImageEncoder(model, device="cpu")
+        packed = np.concatenate([encoder.encode(list(data.images[positions[i:i + 2048]]))
+                                 for i in range(0, len(positions), 2048)])
+        score = map_at_k(packed[:nq], packed[nq:], data.labels[split.query], data.labels[split.database], 1000)
+        print(json.dumps({"label": label, "round": r, "map": round(score, 4), "loss": round(metrics["loss"], 3),
+                          "seconds": round(time.perf_counter() - t0)}), flush=True)
+
+    run_rounds(cfg, device=torch.device("cpu"), report=report)
+
+
+if __name__ == "__main__":
+    main()
