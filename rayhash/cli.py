@@ -42,7 +42,7 @@ def cmd_train(ns: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_eval(ns: argparse.Namespace, overrides: list[str]) -> int:
-    from rayhash import checkpoint
+    from rayhash import checkpoint, storage
     from rayhash.config import from_dict, replace
     from rayhash.train.config import DataConfig, EvalConfig, TrainConfig
     from rayhash.train.trainer import evaluate_run
@@ -52,7 +52,7 @@ def cmd_eval(ns: argparse.Namespace, overrides: list[str]) -> int:
     data = cfg.data if ns.protocol is None else replace(cfg.data, protocol=ns.protocol)
     if ns.data_path:
         data = replace(data, path=ns.data_path)
-    output = ns.output or storage_join(ns.checkpoint, "eval")
+    output = ns.output or storage.join(ns.checkpoint, "eval")
     cfg = replace(cfg, data=from_dict(DataConfig, data.__dict__),
                   eval=EvalConfig(k=ns.k, output=output, baselines=tuple(ns.baselines)))
     evaluate_run(cfg, ns.checkpoint)
@@ -98,12 +98,6 @@ def cmd_serve(ns: argparse.Namespace, overrides: list[str]) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         return 0
-
-
-def storage_join(uri: str, name: str) -> str:
-    from rayhash import storage
-
-    return storage.join(uri, name)
 
 
 def _protocol_name(text: str) -> str:
