@@ -18,6 +18,7 @@ import torch
 
 from rayhash.config import load
 from rayhash.encoder import ImageEncoder
+from rayhash.evaluate import encode_images
 from rayhash.metrics import map_at_k
 from rayhash.models import build_model
 from rayhash.train.config import TrainConfig
@@ -39,9 +40,7 @@ def main() -> None:
             return
         model = build_model(cfg.model)
         model.load_state_dict(payload["model"])
-        encoder = ImageEncoder(model, device="cpu")
-        packed = np.concatenate([encoder.encode(list(data.images[positions[i:i + 2048]]))
-                                 for i in range(0, len(positions), 2048)])
+        packed = encode_images(ImageEncoder(model, device="cpu"), data.images[positions])
         score = map_at_k(packed[:nq], packed[nq:], data.labels[split.query], data.labels[split.database], 1000)
         print(json.dumps({"label": label, "round": r, "map": round(score, 4), "loss": round(metrics["loss"], 3),
                           "seconds": round(time.perf_counter() - t0)}), flush=True)
