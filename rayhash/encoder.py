@@ -11,7 +11,7 @@ import torch
 from rayhash import checkpoint as ckpt
 from rayhash import codes
 from rayhash.config import from_dict
-from rayhash.data.transforms import eval_transform
+from rayhash.data.transforms import eval_batch_transform
 from rayhash.models import HashModel, ModelConfig, build_model
 
 logger = logging.getLogger(__name__)
@@ -31,9 +31,7 @@ class ImageEncoder:
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         spec = model.input
-        self.transform = eval_transform(spec.image_size, spec.channels, spec.mean, spec.std)
-        self._shift = torch.tensor(spec.mean).view(1, -1, 1, 1) * 255.0
-        self._scale = 1.0 / (255.0 * torch.tensor(spec.std).view(1, -1, 1, 1))
+        self.transform = eval_batch_transform(spec.image_size, spec.channels, spec.mean, spec.std)
         self.checkpoint_uri = checkpoint_uri
         self.checkpoint_sha256 = checkpoint_sha256
         self.batch_size = batch_size
@@ -52,14 +50,8 @@ class ImageEncoder:
         return self.model.nbits
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        spec = self.model.input
-        first = np.asarray(images[0]).shape if len(images) else None
-        if first == (spec.image_size, spec.image_size, spec.channels) and all(np.shape(im) == first for im in images):
-            # Images already at the model's size (a dataset's usual case): one vectorised
-            # normalisation instead of a Python call per image, which dominated encoding time.
-            x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
-            return (x - self._shift) * self._scale
-        return torch.stack([self.transform(img) for img in images])
+        """uint8 ``(H, W, C)`` images -> the model's normalised ``(N, C, H, W)`` input."""
+        return self.transform(images)
 
     @torch.inference_mode()
     def encode_continuous(self, images: Sequence[np.ndarray] | torch.Tensor) -> torch.Tensor:

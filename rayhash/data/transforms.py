@@ -58,6 +58,28 @@ def eval_transform(
     return transform
 
 
+def eval_batch_transform(
+    image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]
+) -> Callable[[Sequence[np.ndarray]], torch.Tensor]:
+    """``eval_transform`` over a batch: ``(N, C, H, W)``, vectorised when every image is already the model's size."""
+    one = eval_transform(image_size, channels, mean, std)
+    shift = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+    ready = (image_size, image_size, channels)
+
+    def transform(images: Sequence[np.ndarray]) -> torch.Tensor:
+        if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.shape[1:] == ready:
+            stacked = images
+        elif len(images) and all(np.shape(im) == ready and np.asarray(im).dtype == np.uint8 for im in images):
+            stacked = np.stack(images)
+        else:
+            # A Python call per image dominated encoding time; only mixed sizes take this path.
+            return torch.stack([one(img) for img in images]) if len(images) else torch.empty(0, channels, image_size, image_size)
+        return (torch.from_numpy(np.ascontiguousarray(stacked)).permute(0, 3, 1, 2).float() - shift) * scale
+
+    return transform
+
+
 class TwoViewAugment:
     """Two independent random views of one image, for contrastive hashing losses.
 

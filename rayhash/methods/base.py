@@ -28,6 +28,14 @@ class HashingMethod(ABC):
     def loss(self, h_a: torch.Tensor, h_b: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The batch loss and its parts (as floats, for logging)."""
 
+    def partners(self, generator: torch.Generator) -> torch.Tensor | None:
+        """Optional: for each shard item, the shard position of a partner to share its batch.
+
+        A method whose positives come from its components returns one here, so that a batch holds
+        pairs the loss counts as positives; ``None`` (the default) means plain shuffled batches.
+        """
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """Global (rank-independent) state worth keeping in a checkpoint: tensors and plain values."""
         return {}

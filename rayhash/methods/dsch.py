@@ -43,6 +43,10 @@ class MethodConfig:
     # rayhash addition: rounds of plain instance contrast before the first E-step. The codes of a
     # randomly initialised network carry no semantics for the GMM to find.
     warmup_rounds: int = 1
+    # rayhash addition: half of each batch is partners drawn from the anchors' fine components.
+    # With m1 components and shuffled batches of B, an anchor meets a co-member in its batch with
+    # probability about B/m1, so S = P1 P1^T would add almost no positives to L_ic.
+    partner_sampling: bool = True
     seed: int = 0
 
 
@@ -116,6 +120,11 @@ class DSCH(HashingMethod):
             parts["quant"] = l_q.item()
         return total, parts
 
+    def partners(self, generator: torch.Generator) -> torch.Tensor | None:
+        if not self.cfg.partner_sampling or self.fine_resp is None or self.cfg.ablation:
+            return None
+        return sample_partners(self.fine_resp.argmax(dim=1).cpu(), generator)
+
     def state_dict(self) -> dict:
         if self.gmm_state is None:
             return {}
@@ -128,3 +137,19 @@ class DSCH(HashingMethod):
         if state:
             self.gmm_state = gmm.state_from_dict(state["gmm"])
             self.coarse_assign, self.coarse_centers = state["coarse_assign"], state["coarse_centers"]
+
+
+def sample_partners(assign: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """For each item, another item of its component drawn uniformly (itself when it is alone)."""
+    order = torch.argsort(assign, stable=True)
+    counts = torch.bincount(assign)
+    starts = torch.cumsum(counts, 0) - counts
+    comp = assign[order]
+    size = counts[comp]
+    # Draw among the other size-1 members: offset in [0, size-1), skipping the item's own slot.
+    rank_in = torch.arange(len(order)) - starts[comp]
+    offset = (torch.rand(len(order), generator=generator) * (size - 1).clamp_min(1)).long()
+    offset = torch.where(size > 1, offset + (offset >= rank_in).long(), rank_in)
+    out = torch.empty_like(assign)
+    out[order] = order[starts[comp] + offset]
+    return out

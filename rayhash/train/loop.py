@@ -21,7 +21,7 @@ from rayhash.config import from_dict, to_dict
 from rayhash.data.images import LabeledImages
 from rayhash.data.sources import load_source
 from rayhash.data.splits import Split, protocol_split, random_split
-from rayhash.data.transforms import TwoViewAugment, eval_transform
+from rayhash.data.transforms import TwoViewAugment, eval_batch_transform
 from rayhash.methods import HashingMethod, build_method
 from rayhash.models import HashModel, build_model
 from rayhash.train.config import DataConfig, TrainConfig
@@ -52,16 +52,26 @@ class _TwoViews(Dataset):
         return a, b, i
 
 
+def _batches(n: int, batch: int, steps: int, partners: torch.Tensor | None, generator: torch.Generator) -> list[list[int]]:
+    """``steps`` batches of shard positions: shuffled, or shuffled anchors each followed by its partner."""
+    order = torch.randperm(n, generator=generator)
+    if partners is None:
+        return order[: steps * batch].view(steps, batch).tolist()
+    half = batch // 2
+    anchors = order[: steps * half].view(steps, half)
+    return torch.cat([anchors, partners[anchors]], dim=1).tolist()
+
+
 @torch.no_grad()
 def encode_shard(model: HashModel, images: np.ndarray, device: torch.device, batch_size: int = 512) -> torch.Tensor:
     """Continuous codes of ``images`` in eval mode without augmentation (the E-step's input)."""
     spec = model.input
-    transform = eval_transform(spec.image_size, spec.channels, spec.mean, spec.std)
+    transform = eval_batch_transform(spec.image_size, spec.channels, spec.mean, spec.std)
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
-        batch = torch.stack([transform(img) for img in images[i:i + batch_size]]).to(device)
+        batch = transform(images[i:i + batch_size]).to(device)
         out.append(model(batch))
     model.train(was_training)
     return torch.cat(out)
@@ -121,8 +131,8 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
         e_seconds = time.perf_counter() - t0
 
         generator = torch.Generator().manual_seed(cfg.run.seed * 100_003 + round_index * 101 + rank)
-        loader = DataLoader(_TwoViews(shard, augment), batch_size=local_batch, shuffle=True, drop_last=True,
-                            generator=generator)
+        loader = DataLoader(_TwoViews(shard, augment), batch_sampler=_batches(len(shard), local_batch, steps,
+                                                                              method.partners(generator), generator))
         train_model.train()
         sums: dict[str, float] = {}
         t1 = time.perf_counter()

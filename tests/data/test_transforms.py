@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from rayhash.data.transforms import TorchImageDataset, TwoViewAugment, eval_transform
+from rayhash.data.transforms import TorchImageDataset, TwoViewAugment, eval_batch_transform, eval_transform
 
 skimage_data = pytest.importorskip("skimage.data")
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST pixel mean and std in [0, 1]
@@ -17,6 +17,18 @@ def test_eval_transform_is_plain_normalisation(fmnist):
     expected = (image.transpose(2, 0, 1) / 255.0 - MEAN) / STD
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
     assert torch.equal(t(image), out)  # deterministic
+
+
+def test_batch_transform_equals_per_image(fmnist):
+    images = fmnist.images[:9]
+    per_image = torch.stack([eval_transform(28, 1, [MEAN], [STD])(im) for im in images])
+    batch = eval_batch_transform(28, 1, [MEAN], [STD])
+    torch.testing.assert_close(batch(images), per_image)  # the vectorised path, from one array
+    torch.testing.assert_close(batch(list(images)), per_image)  # ... and from a list
+    resized = eval_batch_transform(32, 3, [0.5] * 3, [0.5] * 3)  # another size: the per-image path
+    expected = torch.stack([eval_transform(32, 3, [0.5] * 3, [0.5] * 3)(im) for im in images])
+    torch.testing.assert_close(resized(images), expected)
+    assert batch(images[:0]).shape == (0, 1, 28, 28)
 
 
 def test_channel_conversion_both_ways(fmnist):

@@ -4,6 +4,8 @@ import torch
 
 from rayhash import dist, losses
 from rayhash.methods import MethodConfig, build_method
+from rayhash.methods.dsch import sample_partners
+from rayhash.train.loop import _batches
 
 CFG = MethodConfig(fine_components=12, coarse_components=3, covariance_type="diag", warmup_rounds=0, seed=0)
 
@@ -80,3 +82,37 @@ def test_two_gloo_ranks_equal_one_process():
         assert torch.equal(r["centers"], single["centers"])
         assert torch.allclose(r["prior"], single["prior"], atol=1e-5)
         assert torch.equal(r["coarse"], single["coarse"])
+
+
+def test_partners_share_a_component_and_are_spread_over_it():
+    assign = torch.tensor([0, 1, 0, 2, 1, 0, 3, 0])
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_partners(assign, g) for _ in range(400)])
+    assert bool((assign[draws] == assign).all())
+    alone = torch.bincount(assign)[assign] == 1
+    assert bool((draws[:, alone] == torch.arange(8)[alone]).all())  # a lone item pairs with itself
+    assert not bool((draws[:, ~alone] == torch.arange(8)[~alone]).any())  # everyone else never does
+    # Brute force: item 0's partners are the other members of component 0, about equally often.
+    counts = torch.bincount(draws[:, 0], minlength=8)
+    assert set(counts.nonzero().flatten().tolist()) == {2, 5, 7}
+    assert int(counts[[2, 5, 7]].min()) > 100
+
+
+def test_partner_batches_put_co_members_together():
+    codes, labels = _blob_codes()
+    method = build_method(CFG, 16)
+    assert method.partners(torch.Generator()) is None  # no components yet: plain shuffled batches
+    method.e_step(codes, 0)
+    g = torch.Generator().manual_seed(1)
+    batches = torch.tensor(_batches(240, 16, 15, method.partners(g), g))
+    assert batches.shape == (15, 16)
+    anchors, partners = batches[:, :8], batches[:, 8:]
+    assert len(anchors.unique()) == 120  # anchors drawn without replacement
+    assign = method.fine_resp.argmax(dim=1)
+    assert bool((assign[anchors] == assign[partners]).all())
+    assert float((labels[anchors] == labels[partners]).float().mean()) > 0.9  # blobs' components are pure
+    off = build_method(MethodConfig(**{**CFG.__dict__, "partner_sampling": False}), 16)
+    off.e_step(codes, 0)
+    assert off.partners(g) is None
+    plain = torch.tensor(_batches(240, 16, 15, None, g))
+    assert len(plain.flatten().unique()) == 240

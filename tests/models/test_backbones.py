@@ -6,7 +6,7 @@ from rayhash.models import ModelConfig, WeightsUnavailableError, build_model, li
 
 
 def test_registry_lists_all():
-    assert {"small_cnn", "efficientnet_lite0", "vgg16", "resnet50"} <= set(list_backbones())
+    assert {"small_cnn", "tiny_cnn", "mlp", "efficientnet_lite0", "vgg16", "resnet50"} <= set(list_backbones())
 
 
 def test_unknown_backbone_names_choices():
@@ -14,8 +14,9 @@ def test_unknown_backbone_names_choices():
         build_model(ModelConfig(backbone="alexnet"))
 
 
-def test_small_cnn_codes_in_range():
-    model = build_model(ModelConfig(bits=32)).eval()
+@pytest.mark.parametrize("backbone", ["small_cnn", "tiny_cnn", "mlp"])
+def test_from_scratch_backbones_give_codes_in_range(backbone):
+    model = build_model(ModelConfig(backbone=backbone, bits=32)).eval()
     h = model(torch.randn(4, 1, 28, 28))
     assert h.shape == (4, 32) and float(h.detach().abs().max()) < 1
 
