@@ -8,9 +8,15 @@ images' codes and flips each bit of each copy with probability 6%; the protocol'
 images are the queries. Every ratio is measured within one run on the same machine, codes and
 thread budget: direct = one faiss call over the 1,000 queries in this process, at the better of
 1 and ``--threads`` OpenMP threads, measured before and after the served run; served = HTTP on
-127.0.0.1 to a Serve app of ``--shards`` shard deployments with ``threads / shards`` threads
-each, at ``--concurrency`` requests in flight, one query per request, then ``--batch`` queries
-per request. Writes ``benchmarks/results/search.json``.
+127.0.0.1 to a Serve app of ``--shards`` shards with ``threads / shards`` threads each, held
+by the ingress itself (``--placements ingress``) and/or by one deployment each (``deployments``):
+one query at a time (concurrency 1, against one faiss call per query in this process), then
+``--concurrency`` requests in flight of one query each, then of ``--batch`` queries each.
+Requests go to the ingress replica's own port when Serve runs direct ingress (the default
+here), else through Serve's proxy; the concurrency-1 row also times the proxy path. The load
+generator is one aiohttp session with a keep-alive connection per request in flight.
+``direct_exact_ties_qps`` is the same exact (distance, id) top-k the service computes, in
+process. Writes ``benchmarks/results/search.json``.
 """
 
 from __future__ import annotations
@@ -77,14 +83,15 @@ def direct_qps(index, q: np.ndarray, k: int, threads: int, repeat: int = 3) -> t
     return max(by_threads.values()), by_threads
 
 
-def single_query_ms(index, q: np.ndarray, k: int, threads: int, n: int = 200) -> tuple[float, float]:
+def single_query_ms(index, q: np.ndarray, k: int, threads: int, n: int = 200) -> tuple[float, float, float]:
+    """One faiss call per query: ``(p50, p99, mean)`` milliseconds."""
     faiss.omp_set_num_threads(threads)
     lat = []
     for i in range(min(n, len(q))):
         t = time.perf_counter()
         index.search(q[i:i + 1], k)
         lat.append((time.perf_counter() - t) * 1e3)
-    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), float(np.mean(lat))
 
 
 def recall_at_k(dist: np.ndarray, exact_kth: np.ndarray, k: int) -> float:
@@ -116,28 +123,41 @@ async def http_load(url: str, bodies: list[dict], concurrency: int) -> tuple[flo
     return len(bodies) / elapsed, latencies, answers
 
 
-def serve_and_load(index_uri: str, q: np.ndarray, k: int, args) -> list[dict]:
-    """Deploy the index set, measure one query per request and ``--batch`` per request."""
+def serve_and_load(index_uri: str, q: np.ndarray, k: int, args, placement: str) -> list[dict]:
+    """Deploy the index set; measure one query at a time, then ``--concurrency`` in flight of one
+    query per request and of ``--batch`` per request."""
     from ray import serve
 
     from rayhash.serve import start
+    from rayhash.serve.app import direct_ingress_urls
 
     threads = max(1, args.threads // args.shards)
-    url = start(index_uri, encode_images=False, port=args.port, name="bench", ready_timeout_s=600, threads=threads,
-                max_queries=args.batch, timeout_s=120.0)  # fmt: skip
+    proxy_url = start(index_uri, encode_images=False, port=args.port, name="bench", ready_timeout_s=600,
+                      threads=threads, max_queries=args.batch, timeout_s=120.0,
+                      shards_in_ingress=placement == "ingress")  # fmt: skip
+    direct = direct_ingress_urls("bench")
+    url = direct[0] if direct else proxy_url
     hexes = codes_lib.to_hex(q)
+    common = {"placement": placement, "http_path": "direct-ingress" if direct else "proxy"}
     out = []
     try:
-        for per_request in (1, args.batch):
+        for concurrency, per_request in ((1, 1), (args.concurrency, 1), (args.concurrency, args.batch)):
             bodies = [{"codes": hexes[i:i + per_request], "k": k} for i in range(0, len(hexes), per_request)]
             rounds = max(1, args.min_queries // len(hexes))
-            asyncio.run(http_load(url, bodies[: 2 * args.concurrency], args.concurrency))  # warm up
-            qps, lat, answers = asyncio.run(http_load(url, bodies * rounds, args.concurrency))
+            if concurrency == 1:
+                bodies, rounds = bodies[: args.single_queries], 1
+            asyncio.run(http_load(url, bodies[: 2 * concurrency], concurrency))  # warm up
+            qps, lat, answers = asyncio.run(http_load(url, bodies * rounds, concurrency))
             dist = np.array([[r["distance"] for r in row] + [-1] * (k - len(row))
                              for a in answers[: len(bodies)] for row in a["results"]])  # fmt: skip
-            out.append({"queries_per_request": per_request, "served_qps": qps * per_request,
-                        "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-                        "served_distances": dist})  # fmt: skip
+            row = {**common, "concurrency": concurrency, "queries_per_request": per_request,
+                   "served_qps": qps * per_request, "p50_ms": float(np.percentile(lat, 50)),
+                   "p99_ms": float(np.percentile(lat, 99)), "served_distances": dist}  # fmt: skip
+            if concurrency == 1 and direct:
+                _, proxy_lat, _ = asyncio.run(http_load(proxy_url, bodies, 1))
+                row.update(proxy_p50_ms=float(np.percentile(proxy_lat, 50)), proxy_p99_ms=float(np.percentile(proxy_lat, 99)))
+            out.append(row)
+            logger.info("%s", {k_: v for k_, v in row.items() if k_ != "served_distances"})
     finally:
         serve.delete("bench")
     return out
@@ -178,34 +198,41 @@ def bench_size(n: int, args, work: Path) -> list[dict]:
               for _ in range(repeat)]  # fmt: skip
     best_threads = {kind: max(rounds[0][kind], key=rounds[0][kind].get) for kind in indexes}
     speedup = float(np.median([max(r["ivf"].values()) / max(r["flat"].values()) for r in rounds]))
-    faiss.omp_set_num_threads(best_threads["flat"])
-    exact_ties_qps = len(q) / timed(lambda: topk(flat, q, k), repeat=1)  # ties closed, as each served shard does
+    exact_ties_qps = {}
+    for kind, index in indexes.items():  # ties closed, as each served shard does
+        faiss.omp_set_num_threads(best_threads[kind])
+        exact_ties_qps[kind] = len(q) / timed(lambda: topk(index, q, k), repeat=1 if kind == "flat" else repeat)
     faiss.omp_set_num_threads(args.threads)
 
     rows = []
     common = {"codes": n, "bits": nbits, "k": k, "threads": args.threads, "shards": args.shards,
-              "concurrency": args.concurrency, "serve_throughput_optimized": not args.serve_default_env}  # fmt: skip
+              "serve_throughput_optimized": not args.serve_default_env}  # fmt: skip
     for kind, index in indexes.items():
         params = {"nlist": nlist, "nprobe": int(ivf.nprobe), "seed": args.seed} if kind == "ivf" else {}
         ix = build_index_set(cs.uri, str(work / f"index-{kind}-{n}"), num_shards=args.shards, kind=kind, **params)
-        lat = single_query_ms(index, q, k, best_threads[kind])
-        before, by_threads = direct_qps(index, q, k, args.threads, repeat)
-        served = serve_and_load(ix.uri, q, k, args)
-        after, _ = direct_qps(index, q, k, args.threads, repeat)  # again after: drift in the load shows as a gap
+        for placement in args.placements.split(","):
+            lat = single_query_ms(index, q, k, best_threads[kind])
+            before, by_threads = direct_qps(index, q, k, args.threads, repeat)
+            served = serve_and_load(ix.uri, q, k, args, placement)
+            after, _ = direct_qps(index, q, k, args.threads, repeat)  # again after: drift in the load shows as a gap
+            direct = (before + after) / 2
+            for s in served:
+                dist = s.pop("served_distances")
+                if kind == "flat" and not np.array_equal(dist, exact_d[: len(dist)]):
+                    raise AssertionError("served flat results differ from a direct flat search")
+                # One query at a time is compared with one faiss call per query; load, with one call for all.
+                ref = 1e3 / lat[2] if s["concurrency"] == 1 else direct
+                rows.append({**common, "index": kind, **params, "direct_qps": ref, **s,
+                             "served_over_direct": s["served_qps"] / ref,
+                             "direct_mode": "one query per call" if s["concurrency"] == 1 else "one call, all queries",
+                             "served_over_direct_exact_ties": s["served_qps"] / exact_ties_qps[kind],
+                             "direct_qps_before_after": [before, after], "direct_qps_by_threads": by_threads,
+                             "direct_p50_ms": lat[0], "direct_p99_ms": lat[1],
+                             "speedup_over_flat": speedup if kind == "ivf" else 1.0,
+                             "recall_at_100": recall_at_k(dist, exact_d[: len(dist), k - 1], k),
+                             "direct_exact_ties_qps": exact_ties_qps[kind], **({"nprobe_sweep": sweep} if kind == "ivf" else {})})
+                logger.info("%s", {k_: v for k_, v in rows[-1].items() if k_ != "nprobe_sweep"})
         shutil.rmtree(ix.uri, ignore_errors=True)
-        direct = (before + after) / 2
-        for s in served:
-            dist = s.pop("served_distances")
-            if kind == "flat" and not np.array_equal(dist, exact_d):
-                raise AssertionError("served flat results differ from a direct flat search")
-            rows.append({**common, "index": kind, **params, "direct_qps": direct, **s,
-                         "served_over_direct": s["served_qps"] / direct,
-                         "direct_qps_before_after": [before, after], "direct_qps_by_threads": by_threads,
-                         "direct_p50_ms": lat[0], "direct_p99_ms": lat[1],
-                         "speedup_over_flat": speedup if kind == "ivf" else 1.0,
-                         "recall_at_100": recall_at_k(dist, exact_d[:, k - 1], k),
-                         **({"direct_exact_ties_qps": exact_ties_qps} if kind == "flat" else {"nprobe_sweep": sweep})})
-            logger.info("%s", {k_: v for k_, v in rows[-1].items() if k_ != "nprobe_sweep"})
     shutil.rmtree(cs.uri, ignore_errors=True)
     return rows
 
@@ -221,6 +248,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--batch", type=int, default=16, help="queries per request in the batched served run")
     parser.add_argument("--min-queries", type=int, default=2000, help="queries sent per served measurement")
+    parser.add_argument("--single-queries", type=int, default=300, help="requests sent one at a time (concurrency 1)")
+    parser.add_argument("--placements", default="ingress,deployments",
+                        help="where the shards live: in the ingress replica, and/or one deployment each")
     parser.add_argument("--nlist", type=int, default=None, help="default 1024 up to 2M codes, 4096 above")
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--port", type=int, default=8765)
@@ -241,6 +271,9 @@ def main() -> int:
         # Serve's own switch: user code and router on the replica's event loop, gRPC between
         # deployments. Set before Ray starts, so the proxy, controller and replicas all run it.
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+        # Under direct ingress a deleted ingress replica stays up 30 s for load balancers to notice:
+        # nothing balances here, and the benchmark deploys and deletes one app per measurement.
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")  # a fresh local cluster
     work = Path(args.workdir or tempfile.mkdtemp(prefix="search-bench-"))
     rows = []

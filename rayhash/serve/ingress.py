@@ -5,6 +5,10 @@ Every query goes to every shard at once; each shard answers its own top-k by
 one flat search over all codes. A shard that does not answer (all replicas gone, or past the
 request timeout) fails the request with a 503 naming it, unless the caller asked for
 ``partial`` results, which are then marked as such.
+
+With ``local`` shards (``ServeConfig.shards_in_ingress``) the ingress loads every shard itself,
+checksums first, and searches them in worker threads: no actor hop per query, for indexes
+that fit in one replica's memory; a shard cannot then fail apart from the ingress.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures' types at runtime.
@@ -13,16 +17,18 @@ import asyncio
 import logging
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import RayActorError
 from starlette.datastructures import UploadFile
 
 from rayhash import codes as codes_lib
+from rayhash import indexset
 from rayhash.index.search import merge_topk
-from rayhash.serve.shard import query_rows
+from rayhash.serve.shard import query_rows, search_shard, shard_info
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +68,17 @@ def _results(dist: np.ndarray, ids: np.ndarray) -> list[list[dict]]:
 @serve.ingress(app)
 class SearchIngress:
     def __init__(self, shards: list, encoder=None, *, stats: dict, max_k: int, max_queries: int,
-                 max_upload_bytes: int, timeout_s: float, batch_rows: int = 256):
+                 max_upload_bytes: int, timeout_s: float, batch_rows: int = 256, local: dict | None = None):
+        """``shards``: one handle per shard deployment; or none, and ``local={"uri", "nprobe", "threads"}``:
+        the index set whose shards this replica loads and searches itself."""
         self.shards, self.encoder, self.stats_body = shards, encoder, stats
+        self.local, self.threads = [], 1
+        if local:
+            m = indexset.read_index_manifest(local["uri"])
+            self.local = [indexset.load_shard(m, i, nprobe=local.get("nprobe")) for i in range(len(m.shards))]
+            self.threads = int(local.get("threads", 1))
+            logger.info("ingress holds the %d shards of %s itself (%d items)", len(self.local), m.uri, m.items)
+        self.num_shards = len(self.local) or len(self.shards)
         self.nbits = int(stats["nbits"])
         self.max_k, self.max_queries, self.max_upload_bytes, self.timeout_s = max_k, max_queries, max_upload_bytes, timeout_s
         self.fan_out.set_max_batch_size(batch_rows)
@@ -72,14 +87,14 @@ class SearchIngress:
 
     @app.get("/healthz", summary="200 when every shard (and the encoder) answers, else 503 naming what is down")
     async def healthz(self):
-        names = [f"shard {i}" for i in range(len(self.shards))] + (["encoder"] if self.encoder else [])
-        handles = list(self.shards) + ([self.encoder] if self.encoder else [])
-        answers = await asyncio.gather(*(asyncio.wait_for(h.info.remote(), min(self.timeout_s, 5.0)) for h in handles),
+        names = [f"shard {i}" for i in range(self.num_shards)] + (["encoder"] if self.encoder else [])
+        calls = [self._shard_call(i, "info") for i in range(self.num_shards)] + ([self.encoder.info.remote()] if self.encoder else [])
+        answers = await asyncio.gather(*(asyncio.wait_for(c, min(self.timeout_s, 5.0)) for c in calls),
                                        return_exceptions=True)  # fmt: skip
         down = [name for name, a in zip(names, answers) if isinstance(a, BaseException)]
         if down:
             return JSONResponse({"status": "unavailable", "detail": f"not answering: {', '.join(down)}"}, 503)
-        return {"status": "ok", "shards": len(self.shards), "encoder": self.encoder is not None}
+        return {"status": "ok", "shards": self.num_shards, "encoder": self.encoder is not None}
 
     @app.get("/stats", summary="shards, items, nbits, index kind, code-set and model versions, limits")
     async def stats(self):
@@ -127,8 +142,8 @@ class SearchIngress:
     @app.get("/items/{item_id:path}/neighbors", summary="k nearest items of an indexed item (itself excluded)")
     async def neighbors(self, item_id: str, k: int = 10, partial: bool = False):
         k = self._check_k(k)
-        found = await asyncio.gather(*(self._call(s.code_of.remote(item_id), f"shard {i}")
-                                       for i, s in enumerate(self.shards)), return_exceptions=partial)  # fmt: skip
+        found = await asyncio.gather(*(self._call(self._shard_call(i, "code_of", item_id), f"shard {i}")
+                                       for i in range(self.num_shards)), return_exceptions=partial)  # fmt: skip
         codes = [c for c in found if isinstance(c, np.ndarray)]
         if not codes:
             lost = [i for i, c in enumerate(found) if isinstance(c, BaseException)]
@@ -149,9 +164,10 @@ class SearchIngress:
         return k
 
     @staticmethod
-    def _answer(body: dict, missing: list[int]) -> JSONResponse:
+    def _answer(body: dict, missing: list[int]) -> Response:
         body.update(partial=bool(missing), missing_shards=missing)
-        return JSONResponse(body)
+        # orjson: a 64-query, k=100 answer in a third of the time of Starlette's json.dumps.
+        return Response(orjson.dumps(body), media_type="application/json")
 
     async def _read_upload(self, request: Request) -> bytes:
         """The uploaded image's bytes; the size cap holds before the body is read, not after."""
@@ -201,13 +217,33 @@ class SearchIngress:
         except RayActorError as e:
             raise HTTPException(503, f"{what} lost its replica ({type(e).__name__}); retry") from None
 
+    def _shard_call(self, i: int, method: str, *args):
+        """An awaitable of shard ``i``'s ``search``, ``code_of`` or ``info``: an actor call, or a local thread."""
+        if not self.local:
+            return getattr(self.shards[i], method).remote(*args)
+        shard = self.local[i]
+        if method == "search":
+            return asyncio.to_thread(search_shard, shard, *args, self.threads, False)
+        if method == "code_of":
+            return asyncio.to_thread(shard.code_of, *args)
+        return asyncio.to_thread(shard_info, shard)
+
+    def _local_ids(self, keys: np.ndarray) -> np.ndarray:
+        """Ids (object, None for pads) of merged global keys, from the shards this replica holds."""
+        out = np.full(keys.shape, None, dtype=object)
+        which = np.searchsorted([s.offset for s in self.local], keys, side="right") - 1
+        for j, shard in enumerate(self.local):
+            sel = (which == j) & (keys >= 0)
+            out[sel] = shard.ids[keys[sel] - shard.offset].astype(object)
+        return out
+
     async def _ask_shard(self, i: int, codes: np.ndarray, k: int):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         error = "no answer"
         while (left := deadline - loop.time()) > 0:
             try:
-                return await asyncio.wait_for(self.shards[i].search.remote(codes, k), left)
+                return await asyncio.wait_for(self._shard_call(i, "search", codes, k), left)
             except RayActorError as e:
                 # The replica died while running this request (Serve re-routes only requests it had
                 # not started). Searching is idempotent: the router has dropped the dead replica,
@@ -222,7 +258,7 @@ class SearchIngress:
     async def _search(self, codes: np.ndarray, k: int, partial: bool) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Exact top-k over every shard: ``(distances, ids, missing shard numbers)``, or a 503."""
         dist, ids, failed = await self.fan_out(codes, k)
-        if failed and (not partial or len(failed) == len(self.shards)):
+        if failed and (not partial or len(failed) == self.num_shards):
             raise HTTPException(503, "index unavailable, results would be incomplete: " + "; ".join(map(str, failed))
                                 + ". Retry later, or pass partial=true to accept results from the other shards.")
         return dist, ids, sorted(f.shard for f in failed)
@@ -233,7 +269,7 @@ class SearchIngress:
         share shard calls (each an actor call with its own serialisation) and one merge."""
         rows = np.cumsum([0] + [len(c) for c in codes])
         k = max(ks)
-        answers = await asyncio.gather(*(self._ask_shard(i, np.concatenate(codes), k) for i in range(len(self.shards))),
+        answers = await asyncio.gather(*(self._ask_shard(i, np.concatenate(codes), k) for i in range(self.num_shards)),
                                        return_exceptions=True)  # fmt: skip
         for a in answers:
             if isinstance(a, BaseException) and not isinstance(a, ShardUnavailable):
@@ -242,8 +278,11 @@ class SearchIngress:
         parts = [a for a in answers if not isinstance(a, BaseException)]
         if not parts:
             return [(None, None, failed)] * len(codes)
-        dist, _, source = merge_topk([(d, keys) for d, keys, _ in parts], k)
-        all_ids = np.hstack([ids for *_, ids in parts])
-        ids = np.where(source >= 0, np.take_along_axis(all_ids, np.maximum(source, 0), axis=1), None)
+        dist, keys, source = merge_topk([(d, keys) for d, keys, _ in parts], k)
+        if self.local:
+            ids = self._local_ids(keys)
+        else:
+            all_ids = np.hstack([ids for *_, ids in parts])
+            ids = np.where(source >= 0, np.take_along_axis(all_ids, np.maximum(source, 0), axis=1), None)
         # Rows are sorted by (distance, id): the first k' columns of a top-k are the top-k'.
         return [(dist[lo:hi, :kk], ids[lo:hi, :kk], failed) for lo, hi, kk in zip(rows[:-1], rows[1:], ks)]

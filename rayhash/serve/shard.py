@@ -1,5 +1,8 @@
 """One Serve deployment per index shard: loads its shard (checksum first) and searches it.
 
+(With ``shards_in_ingress`` the ingress loads the shards itself and calls :func:`search_shard`
+in a worker thread: the same search, one actor hop fewer per query.)
+
 Concurrent requests are batched into one faiss call (``@serve.batch``): faiss scans codes
 once per batch whatever the number of queries, so batching is where a busy shard gains its
 throughput. faiss runs in a worker thread (it releases the GIL), keeping the replica's event
@@ -16,6 +19,7 @@ import numpy as np
 from ray import serve
 
 from rayhash import indexset
+from rayhash.index.search import PAD, topk
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +27,24 @@ logger = logging.getLogger(__name__)
 def query_rows(codes: list[np.ndarray]) -> int:
     """Batch size in query rows, not requests: one request may carry many codes."""
     return sum(len(c) for c in codes)
+
+
+def search_shard(shard: indexset.IndexShard, codes: np.ndarray, k: int, threads: int, with_ids: bool = True) -> tuple:
+    """``shard.search_keys`` with ``threads`` OpenMP threads; call it in the thread that searches.
+
+    ``with_ids=False`` leaves the ids out (``None``): a caller holding every shard looks up only
+    the ids that survive the merge, half the lookups of two shards' top-k.
+    """
+    # OpenMP's thread count belongs to the calling thread: set it in the worker thread itself.
+    faiss.omp_set_num_threads(threads)
+    if with_ids:
+        return shard.search_keys(codes, k)
+    dist, pos = topk(shard.index, np.ascontiguousarray(codes, dtype=np.uint8), k)
+    return dist, np.where(pos >= 0, pos + shard.offset, PAD), None
+
+
+def shard_info(shard: indexset.IndexShard) -> dict:
+    return {"shard": shard.number, "items": len(shard), "nbits": shard.nbits}
 
 
 @serve.deployment
@@ -44,16 +66,11 @@ class IndexShardDeployment:
         rows = np.cumsum([0] + [len(c) for c in codes])
         k = max(ks)
         # Rows are sorted by (distance, key), so the first k' columns of a top-k are the top-k'.
-        dist, keys, ids = await asyncio.to_thread(self._search, np.concatenate(codes), k)
+        dist, keys, ids = await asyncio.to_thread(search_shard, self.shard, np.concatenate(codes), k, self.threads)
         return [(dist[lo:hi, :kk], keys[lo:hi, :kk], ids[lo:hi, :kk]) for lo, hi, kk in zip(rows[:-1], rows[1:], ks)]
-
-    def _search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # OpenMP's thread count belongs to the calling thread: set it in the worker thread itself.
-        faiss.omp_set_num_threads(self.threads)
-        return self.shard.search_keys(codes, k)
 
     async def code_of(self, item_id: str) -> np.ndarray | None:
         return self.shard.code_of(item_id)
 
     async def info(self) -> dict:
-        return {"shard": self.shard.number, "items": len(self.shard), "nbits": self.shard.nbits}
+        return shard_info(self.shard)
