@@ -1,0 +1,43 @@
+"""The README's main job end to end (train -> evaluate -> encode -> index -> serve -> query), shortened.
+
+The same ``rayhash.quickstart.run`` that ``bash scripts/main.sh`` calls, on the shipped config with
+2 rounds (one warm-up, one with the E-step), on the whole 70,000-image lake, against the
+session's local Ray cluster.
+"""
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from rayhash import checkpoint, codeset, indexset
+from rayhash.config import load
+from rayhash.quickstart import QuickstartConfig, run
+from rayhash.serve import stop
+
+CONFIG = "configs/quickstart.yaml"
+
+
+def test_main_job_end_to_end(ray_cluster, tmp_path, fashion_mnist):
+    cfg = load(QuickstartConfig, CONFIG, [
+        f"--workdir={tmp_path / 'qs'}", f"--train.run.storage_path={tmp_path / 'runs'}", "--train.run.rounds=2",
+        "--keep_serving=false", "--train.eval.baselines=[]",
+    ])
+    try:
+        out = run(cfg)
+    finally:
+        stop()
+    ckpt = checkpoint.load(out["checkpoint"])
+    assert ckpt.progress["round"] == 1 and ckpt.config["model"]["backbone"] == cfg.train.model.backbone
+    assert ckpt.em  # round 1 ran DSCH's E-step, so the EM state is in the checkpoint
+    codes = codeset.read_manifest(out["codeset"])
+    assert codes.counts["encoded"] == len(fashion_mnist) and codes.counts["rejected"] == 0
+    index = indexset.read_index_manifest(out["index"])
+    assert index.items == len(fashion_mnist) and len(index.shards) == cfg.num_shards
+    neighbours = out["neighbours"]
+    assert len(neighbours) == cfg.k
+    assert [n["distance"] for n in neighbours] == sorted(n["distance"] for n in neighbours)
+    # Even two rounds put most of a query's neighbours in its class (1 in 10 by chance).
+    assert out["same_class"] >= 5, out
+    grid = Image.open(io.BytesIO(open(out["grid"], "rb").read()))
+    assert grid.format == "PNG" and np.asarray(grid).std() > 0
