@@ -234,7 +234,7 @@ class SearchIngress:
         which = np.searchsorted([s.offset for s in self.local], keys, side="right") - 1
         for j, shard in enumerate(self.local):
             sel = (which == j) & (keys >= 0)
-            out[sel] = shard.ids[keys[sel] - shard.offset].astype(object)
+            out[sel] = shard.ids_of(keys[sel] - shard.offset)
         return out
 
     async def _ask_shard(self, i: int, codes: np.ndarray, k: int):

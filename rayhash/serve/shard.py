@@ -19,7 +19,6 @@ import numpy as np
 from ray import serve
 
 from rayhash import indexset
-from rayhash.index.search import PAD, topk
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +36,7 @@ def search_shard(shard: indexset.IndexShard, codes: np.ndarray, k: int, threads:
     """
     # OpenMP's thread count belongs to the calling thread: set it in the worker thread itself.
     faiss.omp_set_num_threads(threads)
-    if with_ids:
-        return shard.search_keys(codes, k)
-    dist, pos = topk(shard.index, np.ascontiguousarray(codes, dtype=np.uint8), k)
-    return dist, np.where(pos >= 0, pos + shard.offset, PAD), None
+    return shard.search_keys(codes, k, with_ids=with_ids)
 
 
 def shard_info(shard: indexset.IndexShard) -> dict:

@@ -137,8 +137,6 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
         sums: dict[str, float] = {}
         t1 = time.perf_counter()
         for step, (view_a, view_b, index) in enumerate(loader):
-            if step == steps:
-                break
             if step == steps // 2:
                 _maybe_chaos_kill(cfg, round_index, chaos_dir)  # mid-round: this round's work is lost
             h = train_model(torch.cat([view_a, view_b]).to(device))
