@@ -5,7 +5,9 @@
 Each (method, bits, seed) trains through the real Ray trainer (local cluster) and is scored by the
 same harness as ``rayhash eval``. Rows are merged into benchmarks/results/fmnist_map.json as
 they finish, so a long sweep can be stopped and resumed; extra ``--section.key=value`` arguments
-override the config of the deep methods (recorded in each row).
+override the config of the deep methods (recorded in each row). ``--data.protocol=fmnist-all``
+trains on the whole 69,000-image database without labels (PROTOCOL.md's clearly labelled second
+row: same queries and database); each row records ``train_images``.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def run_deep(method: str, bits: int, seed: int, overrides: list[str], storage: s
     train_seconds = time.perf_counter() - t0
     data, split = load_split(cfg.data)
     metrics = evaluate_checkpoint(result.checkpoint, data, split, k=1000)
-    return {"map_at_1000": metrics["map_at_k"], "train_seconds": train_seconds,
+    return {"map_at_1000": metrics["map_at_k"], "train_seconds": train_seconds, "train_images": len(split.train),
             "rounds": cfg.run.rounds, "overrides": overrides}
 
 
@@ -71,7 +73,7 @@ def run_baseline(method: str, bits: int, seed: int) -> dict:
 
     data = load_source("fashion-mnist")
     metrics = evaluate_baseline(method, data, protocol_split("fmnist-1k", data.labels), bits, seed=seed, k=1000)
-    return {"map_at_1000": metrics["map_at_k"], "train_seconds": metrics["train_seconds"]}
+    return {"map_at_1000": metrics["map_at_k"], "train_seconds": metrics["train_seconds"], "train_images": 5000}
 
 
 def main() -> None:
@@ -95,8 +97,9 @@ def main() -> None:
                 row = {"method": method, "bits": bits, "seed": seed, **extra, "hardware": hardware(),
                        "wall_seconds": time.perf_counter() - t0, "command": command}
                 # Re-read before each save: sweeps of different methods may run side by side.
-                rows = [r for r in load_rows() if (r["method"], r["bits"], r["seed"]) != (method, bits, seed)] + [row]
-                save_rows(rows, command)
+                key = (method, bits, seed, row["train_images"])
+                rows = [r for r in load_rows() if (r["method"], r["bits"], r["seed"], r.get("train_images", 5000)) != key]
+                save_rows(rows + [row], command)
                 print(json.dumps(row), flush=True)
 
 

@@ -12,7 +12,7 @@ reads them: faiss deserialises whatever it is given, so nothing unverified reach
 Order invariant: the builder sorts the code set's ids and cuts them into contiguous runs, so
 ids ascend within a shard and from one shard to the next. An item's global key (its shard's
 offset plus its faiss position) therefore orders items exactly as their ids do, and a
-sharded top-k merged by ``(distance, key)`` equals one flat search with ties broken by id.
+sharded flat top-k merged by ``(distance, key)`` equals one flat search with ties broken by id.
 """
 
 from __future__ import annotations

@@ -1,11 +1,22 @@
-"""Exact top-k over faiss binary indexes, ordered by (distance, position), and its merge.
+"""Top-k over faiss binary indexes, ordered by (distance, position), and its exact merge.
 
-faiss breaks ties at the k-th distance by whatever order its heap leaves them in, so two
-indexes over the same codes (or one index and a sharded copy) can disagree about which of
-the tied items make the cut. Here every result is ordered by ``(distance, key)`` where the
-key is an item's position: :func:`topk` closes the boundary (it makes sure every item at
-the k-th distance was seen before cutting), and :func:`merge_topk` merges per-shard
-results whose keys are global, so a sharded search equals one search over all codes.
+Every result is ordered by ``(distance, key)`` where the key is an item's position, so that
+:func:`merge_topk` over per-shard results whose keys are global equals one search over all
+codes, and two replicas of a shard always agree.
+
+Which items tied at the k-th distance make the cut depends on the index:
+
+- ``IndexBinaryFlat`` (exact): faiss scans positions in increasing order into a max-heap
+  ordered by ``(distance, id)`` and admits an item only when strictly nearer than the heap's
+  top (``faiss/utils/simd_impl/hamming_impl.h``, ``hammings_knn_hc_impl``; ``Heap.h``,
+  ``CMax::cmp2``). A later item at the top's distance has a larger position, so it is rightly
+  kept out: one plain search already returns the k smallest ``(distance, position)`` pairs.
+  ``tests/index/test_topk.py`` holds faiss to that against brute force on heavily tied codes.
+- IVF and other sub-linear indexes (approximate): the k nearest items of the lists probed;
+  ties at the k-th distance are cut in the index's scan order (probe order, then list order),
+  which is deterministic for a given index and ``nprobe`` but not by position. Closing them
+  would cost a second, range, search over the same lists: more than the approximation itself
+  loses (recall@k, PROTOCOL.md, counts every item within the exact k-th distance).
 
 Rows with fewer than ``k`` results are padded with distance ``-1`` and key ``-1``.
 """
@@ -14,6 +25,7 @@ from __future__ import annotations
 
 import logging
 
+import faiss
 import numpy as np
 
 logger = logging.getLogger(__name__)
@@ -43,13 +55,17 @@ def sort_rows(distances: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarr
     return out_d, out_k, order
 
 
-def topk(index, queries: np.ndarray, k: int, margin: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest items per query, ties broken by position: ``(distances int32, positions int64)``.
+def is_exact(index) -> bool:
+    """Whether ``index`` returns the exact top-k with ties by position (see the module docstring)."""
+    return (type(index) is faiss.IndexBinaryFlat and bool(index.use_heap)
+            and int(index.approx_topk_mode) == int(faiss.EXACT_TOPK))  # fmt: skip
 
-    ``index`` is any faiss binary index (flat: exact; IVF: exact over the lists it probes).
-    One search asks for ``k + margin`` results; a query whose ``(k + margin)``-th distance
-    still equals its k-th has ties the search may have cut, and gets a range search at the
-    k-th distance instead, which returns every tied item.
+
+def topk(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest items per query, sorted by ``(distance, position)``: ``(distances int32, positions int64)``.
+
+    Exact for :func:`is_exact` indexes (ties at the k-th distance go to the lowest positions);
+    for IVF, the k nearest of the probed lists, ties at the k-th distance cut in scan order.
     """
     queries = np.ascontiguousarray(queries, dtype=np.uint8)
     nq, n = len(queries), int(index.ntotal)
@@ -57,31 +73,20 @@ def topk(index, queries: np.ndarray, k: int, margin: int | None = None) -> tuple
         raise ValueError(f"k must be positive, got {k}")
     if nq == 0 or n == 0:
         return np.full((nq, k), PAD, dtype=np.int32), np.full((nq, k), PAD, dtype=np.int64)
-    kk = min(k, n)
-    probe = min(n, kk + (kk if margin is None else margin))
-    dist, pos = index.search(queries, probe)
-    kth = dist[:, kk - 1]
-    # Open: more items exist than were returned, and the last one returned still ties the k-th.
-    open_rows = np.flatnonzero((probe < n) & (pos[:, -1] >= 0) & (dist[:, -1] == kth))
-    out_d, out_l, _ = sort_rows(dist, pos, k)
-    # Rows whose boundary is open: all items at distance <= kth (faiss's radius is exclusive),
-    # grouped by radius so each distinct k-th distance costs one range search.
-    for radius in np.unique(kth[open_rows]):
-        rows = open_rows[kth[open_rows] == radius]
-        lims, rd, rl = index.range_search(queries[rows], int(radius) + 1)
-        for j, row in enumerate(rows):
-            lo, hi = lims[j], lims[j + 1]
-            d, l, _ = sort_rows(rd[None, lo:hi], rl[None, lo:hi].astype(np.int64), k)
-            out_d[row], out_l[row] = d[0], l[0]
-    return out_d, out_l
+    dist, pos = index.search(queries, min(k, n))
+    if is_exact(index):  # already in (distance, position) order; only short rows need padding
+        if dist.shape[1] == k:
+            return dist.astype(np.int32, copy=False), pos.astype(np.int64, copy=False)
+    out_d, out_p, _ = sort_rows(dist, pos, k)
+    return out_d, out_p
 
 
 def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Merge per-shard ``(distances, global keys)`` of the same queries into the exact top-k.
+    """Merge per-shard ``(distances, global keys)`` of the same queries into the top-k by ``(distance, key)``.
 
     Returns ``(distances, keys, source)`` as :func:`sort_rows` does, ``source`` indexing the
     parts' columns laid side by side (use it to pick the ids returned beside the keys).
-    Exact when each part is its shard's top-k under the same ``(distance, key)`` order.
+    Exact when each part is its shard's exact top-k under the same order.
     """
     if not parts:
         raise ValueError("merge_topk needs at least one part")

@@ -40,11 +40,13 @@ class SearchClient:
         return r.json()
 
     def search_codes(self, codes: list[str] | np.ndarray, k: int = 10, radius: int | None = None,
-                     partial: bool = False) -> list[list[dict]]:
-        """Nearest items of hex codes (or packed uint8 codes ``(q, nbits/8)``), one list per query."""
+                     partial: bool = False, columns: bool = False) -> list[list[dict]] | list[dict]:
+        """Nearest items of hex codes (or packed uint8 codes ``(q, nbits/8)``), one list per query;
+        with ``columns``, one ``{"ids": [...], "distances": [...]}`` per query (less to send and parse)."""
         if isinstance(codes, np.ndarray):
             codes = codes_lib.to_hex(codes)
-        body = {"codes": list(codes), "k": k, "partial": partial, **({"radius": radius} if radius is not None else {})}
+        body = {"codes": list(codes), "k": k, "partial": partial, **({"radius": radius} if radius is not None else {}),
+                **({"format": "columns"} if columns else {})}  # fmt: skip
         return self._send("POST", "/search/codes", json=body)["results"]
 
     def search_image(self, image: bytes | str | os.PathLike, k: int = 10, partial: bool = False) -> list[dict]:

@@ -15,6 +15,7 @@ that fit in one replica's memory; a shard cannot then fail apart from the ingres
 
 import asyncio
 import logging
+from typing import Literal
 
 import numpy as np
 import orjson
@@ -51,6 +52,10 @@ class CodesQuery(BaseModel):
     k: int = Field(10, description="results per query (1..max_k, see /stats)")
     radius: int | None = Field(None, description="only items within this Hamming distance (inclusive)")
     partial: bool = Field(False, description="answer from the shards that respond, marked partial, instead of a 503")
+    format: Literal["objects", "columns"] = Field(
+        "objects", description='each result as a list of {"id", "distance"} ("objects"), or as '
+                               '{"ids": [...], "distances": [...]} ("columns": a third of the bytes and the '
+                               "parsing, for bulk clients); the same order either way")  # fmt: skip
 
 
 class ShardUnavailable(Exception):
@@ -62,6 +67,14 @@ class ShardUnavailable(Exception):
 def _results(dist: np.ndarray, ids: np.ndarray) -> list[list[dict]]:
     return [[{"id": i, "distance": d} for i, d in zip(id_row, d_row) if i is not None]
             for id_row, d_row in zip(ids.tolist(), dist.tolist())]  # fmt: skip
+
+
+def _columns(dist: np.ndarray, ids: np.ndarray) -> list[dict]:
+    """The same results as :func:`_results`, as one ids list and one distances list per query."""
+    keep = np.not_equal(ids, None)  # pads, and items beyond a radius
+    if keep.all():
+        return [{"ids": i, "distances": d} for i, d in zip(ids.tolist(), dist.tolist())]
+    return [{"ids": i[m].tolist(), "distances": d[m].tolist()} for i, d, m in zip(ids, dist, keep)]
 
 
 @serve.deployment
@@ -114,7 +127,8 @@ class SearchIngress:
         dist, ids, missing = await self._search(packed, k, query.partial)
         if query.radius is not None:
             ids = np.where(dist <= query.radius, ids, None)
-        return self._answer({"results": _results(dist, ids), "k": k, "radius": query.radius}, missing)
+        results = _columns(dist, ids) if query.format == "columns" else _results(dist, ids)
+        return self._answer({"results": results, "k": k, "radius": query.radius}, missing)
 
     @app.post(
         "/search/image",

@@ -36,32 +36,44 @@ def test_flat_topk_matches_brute_force_with_ties(tied, k):
     assert (dist[:, kk:] == -1).all() and (pos[:, kk:] == -1).all()
 
 
-def test_open_boundary_takes_the_range_search_path(tied):
-    # IVF scans list by list, so faiss's own order of ties is not by position; with no margin
-    # every row's boundary is open and only the range search can put the ties right.
+def test_faiss_flat_alone_orders_ties_by_position(tied):
+    # What topk relies on for flat indexes (rayhash.index.search's docstring): one plain faiss
+    # search, multi-threaded over queries and in query batches, already keeps the lowest
+    # positions among items tied at the k-th distance. If a faiss release changes its heap,
+    # this fails before any served result is wrong.
+    db, q = tied
+    index = faiss.IndexBinaryFlat(16)
+    index.add(db)
+    index.query_batch_size = 7  # several query batches per call
+    for k in (1, 13, 100, 1000):
+        d, p = index.search(q, k)
+        ref_d, ref_p = brute_topk(q, db, k)
+        np.testing.assert_array_equal(d, ref_d)
+        np.testing.assert_array_equal(p, ref_p)
+
+
+def test_ivf_returns_the_nearest_of_its_lists_sorted_by_distance_then_position(tied):
     db, q = tied
     index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(16), 16, 8)
     index.train(db)
     index.add(db)
-    index.nprobe = 8
-    _, plain_p = index.search(q, 50)
-    dist, pos = topk(index, q, 50, margin=0)
-    ref_d, ref_p = brute_topk(q, db, 50)
-    assert (plain_p != ref_p).any(), "faiss alone already orders ties by position: this test would not see a bug"
-    np.testing.assert_array_equal(pos, ref_p)
+    index.nprobe = 8  # every list: distances are exact, only the tie cut at the k-th may differ
+    k = 40
+    dist, pos = topk(index, q, k)
+    ref_d, ref_p = brute_topk(q, db, k)
     np.testing.assert_array_equal(dist, ref_d)
-
-
-def test_ivf_probing_every_list_is_exact(tied):
-    db, q = tied
-    index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(16), 16, 8)
-    index.train(db)
-    index.add(db)
-    index.nprobe = 8
-    dist, pos = topk(index, q, 40)
-    ref_d, ref_p = brute_topk(q, db, 40)
-    np.testing.assert_array_equal(pos, ref_p)
-    np.testing.assert_array_equal(dist, ref_d)
+    d_all = hamming(q, db)
+    for row in range(len(q)):
+        kth = ref_d[row, -1]
+        inside = dist[row] < kth  # everything nearer than the k-th distance, in position order
+        np.testing.assert_array_equal(pos[row, inside], ref_p[row, ref_d[row] < kth])
+        tied_cut = pos[row, ~inside]  # then some of the items at the k-th distance, in position order
+        assert (np.diff(tied_cut) > 0).all() and (d_all[row, tied_cut] == kth).all()
+    index.nprobe = 2  # approximate: still sorted by (distance, position), padded only if short
+    dist, pos = topk(index, q, k)
+    key = dist.astype(np.int64) * len(db) + pos
+    assert (np.diff(key, axis=1) > 0).all()
+    np.testing.assert_array_equal(dist, np.take_along_axis(d_all, pos, axis=1))
 
 
 def test_merged_shards_equal_one_flat_search(tied):

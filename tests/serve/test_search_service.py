@@ -148,6 +148,7 @@ BAD_REQUESTS = [
     ("post", "/search/codes", {"json": {"codes": ["00" * 8], "k": 501}}, 422, "k must be between 1 and 500"),
     ("post", "/search/codes", {"json": {"codes": ["00" * 8], "radius": 65}}, 422, "radius must be between 0 and 64"),
     ("post", "/search/codes", {"json": {"codes": ["00" * 8], "kk": 5}}, 422, "Extra inputs are not permitted"),
+    ("post", "/search/codes", {"json": {"codes": ["00" * 8], "format": "rows"}}, 422, "'objects' or 'columns'"),
     ("post", "/search/codes", {"json": {"codes": ["00" * 8] * 65}}, 413, "at most 64"),
     ("post", "/search/codes", {"data": b"not json", "headers": {"Content-Type": "application/json"}}, 422, "JSON"),
     ("get", "/items/no-such-item/neighbors", {}, 404, "no item with id 'no-such-item'"),

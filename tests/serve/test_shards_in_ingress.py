@@ -72,6 +72,12 @@ def test_radius_and_neighbors(client, corpus):
     q = queries(corpus, seed=7)
     got = client.search_codes(q, k=50, radius=20)
     assert got == [[r for r in row if r["distance"] <= 20] for row in corpus.brute_force(q, 50)]
+    assert any(len(row) < 50 for row in got)  # the radius cut some rows short
+    by_columns = client.search_codes(q, k=50, radius=20, columns=True)
+    assert by_columns == [{"ids": [r["id"] for r in row], "distances": [r["distance"] for r in row]} for row in got]
+    full = client.search_codes(q, k=50, columns=True)
+    assert full == [{"ids": [r["id"] for r in row], "distances": [r["distance"] for r in row]}
+                    for row in corpus.brute_force(q, 50)]  # fmt: skip
     j = int(np.flatnonzero(corpus.ids == "rand/17")[0])
     want = [r for r in corpus.brute_force(corpus.codes[j:j + 1], 31)[0] if r["id"] != "rand/17"][:30]
     assert client.neighbors("rand/17", k=30) == want
