@@ -72,8 +72,9 @@ def run_baseline(method: str, bits: int, seed: int) -> dict:
     from rayhash.evaluate import evaluate_baseline
 
     data = load_source("fashion-mnist")
-    metrics = evaluate_baseline(method, data, protocol_split("fmnist-1k", data.labels), bits, seed=seed, k=1000)
-    return {"map_at_1000": metrics["map_at_k"], "train_seconds": metrics["train_seconds"], "train_images": 5000}
+    split = protocol_split("fmnist-1k", data.labels)
+    metrics = evaluate_baseline(method, data, split, bits, seed=seed, k=1000)
+    return {"map_at_1000": metrics["map_at_k"], "train_seconds": metrics["train_seconds"], "train_images": len(split.train)}
 
 
 def main() -> None:

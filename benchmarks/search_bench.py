@@ -153,9 +153,9 @@ def serve_and_load(index_uri: str, q: np.ndarray, k: int, args, placement: str) 
                 bodies, rounds = bodies[: args.single_queries], 1
             asyncio.run(http_load(url, bodies[: 2 * concurrency], concurrency))  # warm up
             qps, lat, answers = asyncio.run(http_load(url, bodies * rounds, concurrency))
-            rows = [[r["distance"] for r in row] if fmt == "objects" else row["distances"]
-                    for a in answers[: len(bodies)] for row in a["results"]]  # fmt: skip
-            dist = np.array([row + [-1] * (k - len(row)) for row in rows])
+            per_query = [[r["distance"] for r in res] if fmt == "objects" else res["distances"]
+                         for a in answers[: len(bodies)] for res in a["results"]]  # fmt: skip
+            dist = np.array([d + [-1] * (k - len(d)) for d in per_query])
             row = {**common, "concurrency": concurrency, "queries_per_request": per_request, "format": fmt,
                    "served_qps": qps * per_request, "p50_ms": float(np.percentile(lat, 50)),
                    "p99_ms": float(np.percentile(lat, 99)), "served_distances": dist}  # fmt: skip

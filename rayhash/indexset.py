@@ -17,6 +17,7 @@ sharded flat top-k merged by ``(distance, key)`` equals one flat search with tie
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime
 import io
@@ -132,14 +133,8 @@ class IndexShard:
 
     def position_of(self, item_id: str) -> int | None:
         """The faiss position of ``item_id`` in this shard, or None when it is elsewhere."""
-        lo, hi = 0, len(self.ids)
-        while lo < hi:  # ids ascend (the module's invariant): binary search
-            mid = (lo + hi) // 2
-            if self.ids[mid].as_py() < item_id:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo if lo < len(self.ids) and self.ids[lo].as_py() == item_id else None
+        i = bisect.bisect_left(self.ids, item_id, key=lambda s: s.as_py())  # ids ascend: the module's invariant
+        return i if i < len(self.ids) and self.ids[i].as_py() == item_id else None
 
     def code_of(self, item_id: str) -> np.ndarray | None:
         """The packed code of ``item_id`` (uint8 ``(nbits/8,)``), or None when it is not here."""

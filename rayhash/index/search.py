@@ -74,9 +74,8 @@ def topk(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if nq == 0 or n == 0:
         return np.full((nq, k), PAD, dtype=np.int32), np.full((nq, k), PAD, dtype=np.int64)
     dist, pos = index.search(queries, min(k, n))
-    if is_exact(index):  # already in (distance, position) order; only short rows need padding
-        if dist.shape[1] == k:
-            return dist.astype(np.int32, copy=False), pos.astype(np.int64, copy=False)
+    if dist.shape[1] == k and is_exact(index):  # already in (distance, position) order, nothing to pad
+        return dist.astype(np.int32, copy=False), pos.astype(np.int64, copy=False)
     out_d, out_p, _ = sort_rows(dist, pos, k)
     return out_d, out_p
 
