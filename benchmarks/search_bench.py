@@ -1,6 +1,6 @@
 """Hamming search speed (PROTOCOL.md "Speed"): direct faiss vs the served endpoint, binary IVF vs flat.
 
-    python benchmarks/search_bench.py --sizes 1000000,10000000 --threads 2 --concurrency 16
+    python benchmarks/search_bench.py --sizes 1000000,10000000 --batch 64 --workdir /tmp/sbwork
 
 Codes with the structure of real ones: ITQ (64 bits) of the 70,000 Fashion-MNIST images' raw
 pixels, fitted on the fmnist-1k training images; the database repeats the 69,000 non-query
@@ -8,17 +8,19 @@ images' codes and flips each bit of each copy with probability 6%; the protocol'
 images are the queries. Every ratio is measured within one run on the same machine, codes and
 thread budget: direct = one faiss call over the 1,000 queries in this process, at the better of
 1 and ``--threads`` OpenMP threads, measured before and after the served run; served = HTTP on
-127.0.0.1 to a Serve app of ``--shards`` shards with ``threads / shards`` threads each, held
-by the ingress itself (``--placements ingress``) and/or by one deployment each (``deployments``):
-one query at a time (concurrency 1, against one faiss call per query in this process), then
-``--concurrency`` requests in flight of one query each, then of ``--batch`` queries each, answered
-in the API's default format (a list of ``{"id", "distance"}`` per query) and in its ``columns``
-format (``{"ids": [...], "distances": [...]}`` per query).
-Requests go to the ingress replica's own port when Serve runs direct ingress (the default
-here), else through Serve's proxy; the concurrency-1 row also times the proxy path. The load
-generator is one aiohttp session with a keep-alive connection per request in flight, parsing
-answers with orjson (it shares the machine's cores with the service). ``direct_topk_qps`` is
-``rayhash.index.search.topk`` in this process: what each served shard computes. Writes ``benchmarks/results/search.json``.
+127.0.0.1 to a Serve app of ``--shards`` shards, held by ``--ingress-replicas`` ingress replicas
+themselves (``--placements ingress``; IVF shards merged into one index per replica) and/or by
+one deployment each (``deployments``), faiss at one thread per search: one query at a time
+(concurrency 1, against one faiss call per query in this process), then ``--concurrency``
+requests in flight of one query each, then of ``--batch`` queries each in each of ``--formats``
+(the API's default list of ``{"id", "distance"}`` per query, ``columns``, and ``arrow``), then
+of ``--bulk-batch`` queries each in ``arrow``, as a bulk client would send them.
+Requests go to the ingress replicas' own ports when Serve runs direct ingress (the default
+here), spread evenly, else through Serve's proxy; the concurrency-1 row also times the proxy
+path. The load generator is one aiohttp session with a keep-alive connection per request in
+flight, parsing answers with orjson or pyarrow (it shares the machine's cores with the
+service). ``direct_topk_qps`` is ``rayhash.index.search.topk`` in this process: what each
+served shard computes. Writes ``benchmarks/results/search.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import orjson
+import pyarrow as pa
 
 from rayhash import codes as codes_lib
 from rayhash.baselines import ITQ
@@ -102,65 +105,84 @@ def recall_at_k(dist: np.ndarray, exact_kth: np.ndarray, k: int) -> float:
     return float(((dist[:, :k] <= exact_kth[:, None]) & (dist[:, :k] >= 0)).sum(1).mean() / k)
 
 
-async def http_load(url: str, bodies: list[dict], concurrency: int) -> tuple[float, list[float], list[dict]]:
-    """POST every body to ``url/search/codes`` with ``concurrency`` in flight: (requests/s, latencies ms, answers)."""
+def parse_answer(data: bytes, fmt: str):
+    """What a client does with an answer before using it: JSON into objects, or an Arrow stream into a table."""
+    return pa.ipc.open_stream(data).read_all() if fmt == "arrow" else orjson.loads(data)
+
+
+def answer_distances(answer, fmt: str) -> list[list[int]]:
+    if fmt == "arrow":
+        return answer["distances"].to_pylist()
+    return [[r["distance"] for r in res] if fmt == "objects" else res["distances"] for res in answer["results"]]
+
+
+async def http_load(urls: list[str], bodies: list[dict], concurrency: int) -> tuple[float, list[float], list]:
+    """POST every body to ``url/search/codes`` with ``concurrency`` in flight, spread evenly over
+    ``urls`` (one per ingress replica): (requests/s, latencies ms, parsed answers)."""
     import aiohttp
 
     answers: list = [None] * len(bodies)
     latencies: list[float] = []
     next_body = iter(range(len(bodies)))
 
-    async def worker(session):
+    async def worker(session, url):
         for i in next_body:
             t = time.perf_counter()
             async with session.post(f"{url}/search/codes", json=bodies[i]) as r:
-                answers[i] = orjson.loads(await r.read())
+                data = await r.read()
                 if r.status != 200:
-                    raise RuntimeError(f"HTTP {r.status}: {answers[i]}")
+                    raise RuntimeError(f"HTTP {r.status}: {data[:500]!r}")
+                answers[i] = parse_answer(data, bodies[i].get("format", "objects"))
             latencies.append((time.perf_counter() - t) * 1e3)
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         t = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(session, urls[w % len(urls)]) for w in range(concurrency)))
         elapsed = time.perf_counter() - t
     return len(bodies) / elapsed, latencies, answers
 
 
 def serve_and_load(index_uri: str, q: np.ndarray, k: int, args, placement: str) -> list[dict]:
     """Deploy the index set; measure one query at a time, then ``--concurrency`` in flight of one
-    query per request and of ``--batch`` per request."""
+    query per request and of ``--batch`` per request, in each of ``--formats``."""
     from ray import serve
 
     from rayhash.serve import start
     from rayhash.serve.app import direct_ingress_urls
 
-    threads = max(1, args.threads // args.shards)
+    in_ingress = placement == "ingress"
+    # The ingress searches its one merged index per batch, with two batches at once: a thread
+    # each fills the cores. Shard deployments search at once, one per shard.
+    threads = max(1, args.threads // (args.ingress_replicas * 2 if in_ingress else args.shards))
+    replicas = args.ingress_replicas if in_ingress else 1
     proxy_url = start(index_uri, encode_images=False, port=args.port, name="bench", ready_timeout_s=600,
-                      threads=threads, max_queries=args.batch, timeout_s=120.0,
-                      shards_in_ingress=placement == "ingress")  # fmt: skip
+                      threads=threads, max_queries=max(args.batch, args.bulk_batch), timeout_s=120.0, shards_in_ingress=in_ingress,
+                      ingress={"num_replicas": replicas})  # fmt: skip
     direct = direct_ingress_urls("bench")
-    url = direct[0] if direct else proxy_url
+    urls = direct or [proxy_url]
     hexes = codes_lib.to_hex(q)
-    common = {"placement": placement, "http_path": "direct-ingress" if direct else "proxy"}
+    common = {"placement": placement, "http_path": "direct-ingress" if direct else "proxy", "ingress_replicas": replicas,
+              "search_threads": threads}  # fmt: skip
     out = []
     try:
-        plan = ((1, 1, "objects"), (args.concurrency, 1, "objects"), (args.concurrency, args.batch, "objects"),
-                (args.concurrency, args.batch, "columns"))  # fmt: skip
+        plan = [(1, 1, "objects"), (args.concurrency, 1, "objects")]
+        plan += [(args.concurrency, args.batch, fmt) for fmt in args.formats.split(",")]
+        if args.bulk_batch:
+            plan.append((args.concurrency, args.bulk_batch, "arrow"))
         for concurrency, per_request, fmt in plan:
             bodies = [{"codes": hexes[i:i + per_request], "k": k, "format": fmt} for i in range(0, len(hexes), per_request)]
             rounds = max(1, args.min_queries // len(hexes))
             if concurrency == 1:
                 bodies, rounds = bodies[: args.single_queries], 1
-            asyncio.run(http_load(url, bodies[: 2 * concurrency], concurrency))  # warm up
-            qps, lat, answers = asyncio.run(http_load(url, bodies * rounds, concurrency))
-            per_query = [[r["distance"] for r in res] if fmt == "objects" else res["distances"]
-                         for a in answers[: len(bodies)] for res in a["results"]]  # fmt: skip
+            asyncio.run(http_load(urls, bodies[: 2 * concurrency], concurrency))  # warm up
+            qps, lat, answers = asyncio.run(http_load(urls, bodies * rounds, concurrency))
+            per_query = [d for a in answers[: len(bodies)] for d in answer_distances(a, fmt)]
             dist = np.array([d + [-1] * (k - len(d)) for d in per_query])
             row = {**common, "concurrency": concurrency, "queries_per_request": per_request, "format": fmt,
                    "served_qps": qps * per_request, "p50_ms": float(np.percentile(lat, 50)),
                    "p99_ms": float(np.percentile(lat, 99)), "served_distances": dist}  # fmt: skip
             if concurrency == 1 and direct:
-                _, proxy_lat, _ = asyncio.run(http_load(proxy_url, bodies, 1))
+                _, proxy_lat, _ = asyncio.run(http_load([proxy_url], bodies, 1))
                 row.update(proxy_p50_ms=float(np.percentile(proxy_lat, 50)), proxy_p99_ms=float(np.percentile(proxy_lat, 99)))
             out.append(row)
             logger.info("%s", {k_: v for k_, v in row.items() if k_ != "served_distances"})
@@ -214,6 +236,8 @@ def bench_size(n: int, args, work: Path) -> list[dict]:
     common = {"codes": n, "bits": nbits, "k": k, "threads": args.threads, "shards": args.shards,
               "serve_throughput_optimized": not args.serve_default_env}  # fmt: skip
     for kind, index in indexes.items():
+        if kind not in args.kinds.split(","):
+            continue
         params = {"nlist": nlist, "nprobe": int(ivf.nprobe), "seed": args.seed} if kind == "ivf" else {}
         ix = build_index_set(cs.uri, str(work / f"index-{kind}-{n}"), num_shards=args.shards, kind=kind, **params)
         for placement in args.placements.split(","):
@@ -257,6 +281,12 @@ def main() -> int:
     parser.add_argument("--single-queries", type=int, default=300, help="requests sent one at a time (concurrency 1)")
     parser.add_argument("--placements", default="ingress,deployments",
                         help="where the shards live: in the ingress replica, and/or one deployment each")
+    parser.add_argument("--ingress-replicas", type=int, default=2,
+                        help="ingress replicas when they hold the shards; requests spread over their ports")
+    parser.add_argument("--formats", default="objects,columns,arrow", help="answer formats of the batched runs")
+    parser.add_argument("--bulk-batch", type=int, default=256,
+                        help="queries per request of a last run in the arrow format, as a bulk client sends (0: none)")
+    parser.add_argument("--kinds", default="flat,ivf", help="indexes to measure")
     parser.add_argument("--nlist", type=int, default=None, help="default 1024 up to 2M codes, 4096 above")
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--port", type=int, default=8765)

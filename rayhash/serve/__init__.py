@@ -8,7 +8,7 @@ import importlib
 
 _EXPORTS = {
     "ServeConfig": "app", "app_builder": "app", "build_app": "app", "start": "app", "stop": "app",
-    "SearchClient": "client", "SearchError": "client",
+    "SearchClient": "client", "SearchError": "client", "answer_info": "client",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

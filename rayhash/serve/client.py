@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from urllib.parse import quote
 
 import numpy as np
+import pyarrow as pa
 import requests
 
 from rayhash import codes as codes_lib
@@ -19,6 +21,11 @@ class SearchError(RuntimeError):
         self.status, self.detail = status, detail
 
 
+def answer_info(table: pa.Table) -> dict:
+    """``{"k", "radius", "partial", "missing_shards"}`` of an ``"arrow"`` answer."""
+    return json.loads(table.schema.metadata[b"rayhash"])
+
+
 class SearchClient:
     """``SearchClient("http://127.0.0.1:8000").search_codes(["00ff..."], k=10)`` -> results per query.
 
@@ -29,7 +36,7 @@ class SearchClient:
         self.url, self.timeout = url.rstrip("/"), timeout
         self.session = requests.Session()
 
-    def _send(self, method: str, path: str, **kw) -> dict:
+    def _request(self, method: str, path: str, **kw) -> requests.Response:
         r = self.session.request(method, self.url + path, timeout=self.timeout, **kw)
         if r.status_code >= 400:
             try:
@@ -37,17 +44,28 @@ class SearchClient:
             except ValueError:
                 detail = r.text
             raise SearchError(r.status_code, detail)
-        return r.json()
+        return r
+
+    def _send(self, method: str, path: str, **kw) -> dict:
+        return self._request(method, path, **kw).json()
 
     def search_codes(self, codes: list[str] | np.ndarray, k: int = 10, radius: int | None = None,
-                     partial: bool = False, columns: bool = False) -> list[list[dict]] | list[dict]:
-        """Nearest items of hex codes (or packed uint8 codes ``(q, nbits/8)``), one list per query;
-        with ``columns``, one ``{"ids": [...], "distances": [...]}`` per query (less to send and parse)."""
+                     partial: bool = False, format: str = "objects") -> list[list[dict]] | list[dict] | pa.Table:
+        """Nearest items of hex codes (or packed uint8 codes ``(q, nbits/8)``).
+
+        ``format``: ``"objects"``, one list of ``{"id", "distance"}`` per query; ``"columns"``, one
+        ``{"ids": [...], "distances": [...]}`` per query; ``"arrow"``, a ``pyarrow.Table`` with a
+        row per query (list columns ``ids`` and ``distances``; :func:`answer_info` reads its k,
+        radius and partial flags), the cheapest to receive in bulk.
+        """
         if isinstance(codes, np.ndarray):
             codes = codes_lib.to_hex(codes)
-        body = {"codes": list(codes), "k": k, "partial": partial, **({"radius": radius} if radius is not None else {}),
-                **({"format": "columns"} if columns else {})}  # fmt: skip
-        return self._send("POST", "/search/codes", json=body)["results"]
+        body = {"codes": list(codes), "k": k, "partial": partial, "format": format,
+                **({"radius": radius} if radius is not None else {})}  # fmt: skip
+        if format != "arrow":
+            return self._send("POST", "/search/codes", json=body)["results"]
+        r = self._request("POST", "/search/codes", json=body)
+        return pa.ipc.open_stream(r.content).read_all()
 
     def search_image(self, image: bytes | str | os.PathLike, k: int = 10, partial: bool = False) -> list[dict]:
         """Nearest items of an image given as encoded bytes (PNG, JPEG, ...) or a file path."""

@@ -19,7 +19,7 @@ from rayhash import codes as codes_lib
 from rayhash.codeset import write_codeset
 from rayhash.encoder import ImageEncoder
 from rayhash.index import build_index_set
-from rayhash.serve import SearchClient, SearchError, start
+from rayhash.serve import SearchClient, SearchError, answer_info, start
 
 APP = "rayhash-search-test"
 N_IMAGES, N_RANDOM = 600, 2400
@@ -29,6 +29,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def arrow_rows(table) -> list[list[dict]]:
+    """An ``"arrow"`` answer in the default format's shape, to compare with the reference."""
+    return [[{"id": i, "distance": d} for i, d in zip(ids, dist)]
+            for ids, dist in zip(table["ids"].to_pylist(), table["distances"].to_pylist())]  # fmt: skip
 
 
 def png(image: np.ndarray) -> bytes:
@@ -108,6 +114,10 @@ def test_radius_keeps_the_nearest_within_it(client, corpus):
     got = client.search_codes(q, k=50, radius=20)
     want = [[r for r in row if r["distance"] <= 20] for row in corpus.brute_force(q, 50)]
     assert got == want and any(len(r) < 50 for r in got) and any(r for r in got)
+    table = client.search_codes(q, k=50, radius=20, format="arrow")
+    assert arrow_rows(table) == want and table.num_rows == len(q)
+    assert answer_info(table) == {"k": 50, "radius": 20, "partial": False, "missing_shards": []}
+    assert arrow_rows(client.search_codes(q, k=50, format="arrow")) == corpus.brute_force(q, 50)
 
 
 @pytest.mark.parametrize("as_multipart", [True, False])
@@ -148,7 +158,7 @@ BAD_REQUESTS = [
     ("post", "/search/codes", {"json": {"codes": ["00" * 8], "k": 501}}, 422, "k must be between 1 and 500"),
     ("post", "/search/codes", {"json": {"codes": ["00" * 8], "radius": 65}}, 422, "radius must be between 0 and 64"),
     ("post", "/search/codes", {"json": {"codes": ["00" * 8], "kk": 5}}, 422, "Extra inputs are not permitted"),
-    ("post", "/search/codes", {"json": {"codes": ["00" * 8], "format": "rows"}}, 422, "'objects' or 'columns'"),
+    ("post", "/search/codes", {"json": {"codes": ["00" * 8], "format": "rows"}}, 422, "'columns' or 'arrow'"),
     ("post", "/search/codes", {"json": {"codes": ["00" * 8] * 65}}, 413, "at most 64"),
     ("post", "/search/codes", {"data": b"not json", "headers": {"Content-Type": "application/json"}}, 422, "JSON"),
     ("get", "/items/no-such-item/neighbors", {}, 404, "no item with id 'no-such-item'"),
@@ -244,5 +254,8 @@ def test_a_shard_with_every_replica_gone_is_a_503_naming_it(url, corpus):
     assert body["partial"] is True and body["missing_shards"] == [1]
     shard0 = np.flatnonzero(corpus.rank < corpus.index.shards[0].rows)  # shard 0 holds the lowest ids
     assert body["results"] == corpus.brute_force(q, 10, among=shard0)
+    table = SearchClient(url).search_codes(q, k=10, partial=True, format="arrow")
+    assert answer_info(table) == {"k": 10, "radius": None, "partial": True, "missing_shards": [1]}
+    assert arrow_rows(table) == body["results"]
     health = requests.get(f"{url}/healthz", timeout=30)
     assert health.status_code == 503 and "shard 1" in health.json()["detail"]

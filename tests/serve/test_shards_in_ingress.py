@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import requests
-from test_search_service import Corpus, free_port, queries
+from test_search_service import Corpus, arrow_rows, free_port, queries
 
 from rayhash import codes as codes_lib
 from rayhash import storage
@@ -73,11 +73,13 @@ def test_radius_and_neighbors(client, corpus):
     got = client.search_codes(q, k=50, radius=20)
     assert got == [[r for r in row if r["distance"] <= 20] for row in corpus.brute_force(q, 50)]
     assert any(len(row) < 50 for row in got)  # the radius cut some rows short
-    by_columns = client.search_codes(q, k=50, radius=20, columns=True)
+    by_columns = client.search_codes(q, k=50, radius=20, format="columns")
     assert by_columns == [{"ids": [r["id"] for r in row], "distances": [r["distance"] for r in row]} for row in got]
-    full = client.search_codes(q, k=50, columns=True)
+    full = client.search_codes(q, k=50, format="columns")
     assert full == [{"ids": [r["id"] for r in row], "distances": [r["distance"] for r in row]}
                     for row in corpus.brute_force(q, 50)]  # fmt: skip
+    assert arrow_rows(client.search_codes(q, k=50, radius=20, format="arrow")) == got
+    assert arrow_rows(client.search_codes(q, k=50, format="arrow")) == corpus.brute_force(q, 50)
     j = int(np.flatnonzero(corpus.ids == "rand/17")[0])
     want = [r for r in corpus.brute_force(corpus.codes[j:j + 1], 31)[0] if r["id"] != "rand/17"][:30]
     assert client.neighbors("rand/17", k=30) == want
@@ -106,3 +108,39 @@ def test_a_changed_shard_fails_the_ingress_deploy(ray_cluster, corpus, tmp_path)
                   encode_images=False, shards_in_ingress=True, ready_timeout_s=240)  # fmt: skip
     finally:
         serve.delete("rayhash-local-changed")
+
+
+@pytest.mark.parametrize("in_ingress", [True, False], ids=["ingress", "deployments"])
+def test_ivf_served_answers_what_its_shards_find(ray_cluster, corpus, tmp_path, in_ingress):
+    """Both placements of an IVF index set: the ingress's merged index and the shard deployments
+    probe the same lists, so they return the distances of the shards' own merged top-k, and each
+    id is an item at the distance given (ties at the k-th may be cut differently: IVF is approximate)."""
+    from ray import serve
+
+    from rayhash import indexset
+    from rayhash.index import build_index_set
+    from rayhash.index.search import merge_topk
+
+    ivf = build_index_set(corpus.index.codeset_uri, str(tmp_path / "ivf"), num_shards=2, kind="ivf", nlist=16, nprobe=4)
+    q = queries(corpus, n=30, seed=8)
+    parts = [indexset.load_shard(ivf, i).search_keys(q, 40, with_ids=False)[:2] for i in range(2)]
+    want_d, _, _ = merge_topk(parts, 40)
+    name = f"rayhash-ivf-{'ingress' if in_ingress else 'deployments'}"
+    try:
+        base = start(ivf.uri, port=free_port(), name=name, route_prefix=f"/{name}", ready_timeout_s=240,
+                     encode_images=False, shards_in_ingress=in_ingress, max_queries=64, timeout_s=10.0)  # fmt: skip
+        client = SearchClient(base)
+        assert client.stats()["index"]["kind"] == "ivf"
+        got = client.search_codes(q, k=40)
+        assert [[r["distance"] for r in row] for row in got] == want_d.tolist()
+        code_of_id = dict(zip(corpus.ids, corpus.codes))
+        for row, query in zip(got, q):
+            found = np.stack([code_of_id[r["id"]] for r in row])
+            assert codes_lib.hamming(query[None], found)[0].tolist() == [r["distance"] for r in row]
+            assert [(r["distance"], r["id"]) for r in row] == sorted((r["distance"], r["id"]) for r in row)
+        assert arrow_rows(client.search_codes(q, k=40, format="arrow")) == got
+        j = 123
+        near = client.neighbors(corpus.ids[j], k=5)
+        assert corpus.ids[j] not in [r["id"] for r in near] and len(near) == 5
+    finally:
+        serve.delete(name)
