@@ -23,6 +23,7 @@ class AugmentConfig:
     hflip: bool = True
     color_jitter: float = 0.4  # RGB only
     grayscale_p: float = 0.2  # RGB only
+    gray_jitter: float = 0.8  # grayscale only: brightness and contrast jitter strength (p = 0.8)
     blur: bool = False
 
 

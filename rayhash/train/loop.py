@@ -118,7 +118,8 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
     spec = model.input
     a = cfg.augment
     augment = TwoViewAugment(spec.image_size, spec.channels, spec.mean, spec.std, crop_scale=tuple(a.crop_scale),
-                             hflip=a.hflip, color_jitter=a.color_jitter, grayscale_p=a.grayscale_p, blur=a.blur)
+                             hflip=a.hflip, color_jitter=a.color_jitter, grayscale_p=a.grayscale_p,
+                             gray_jitter=a.gray_jitter, blur=a.blur)
     local_batch = max(2, cfg.optim.batch_size // world)
     # Every rank runs the same number of steps, or DDP's all-reduce would wait forever.
     steps = (len(split.train) // world) // local_batch

@@ -57,7 +57,7 @@ def test_two_views(fmnist):
 
 
 def test_whole_image_crop_without_flip_is_the_image(fmnist):
-    aug = TwoViewAugment(28, 1, [0.0], [1.0], crop_scale=(1.0, 1.0), hflip=False)
+    aug = TwoViewAugment(28, 1, [0.0], [1.0], crop_scale=(1.0, 1.0), hflip=False, gray_jitter=0.0)
     for image in fmnist.images[:5]:
         v1, v2 = aug(image)
         np.testing.assert_allclose(v1[0].numpy() * 255, image[:, :, 0], atol=1e-3)
@@ -67,10 +67,28 @@ def test_whole_image_crop_without_flip_is_the_image(fmnist):
 def test_flip_happens_half_the_time(fmnist):
     torch.manual_seed(1)
     image = fmnist.images[0]  # an ankle boot: not mirror-symmetric
-    flip_only = TwoViewAugment(28, 1, [0.0], [1.0], crop_scale=(1.0, 1.0))
+    flip_only = TwoViewAugment(28, 1, [0.0], [1.0], crop_scale=(1.0, 1.0), gray_jitter=0.0)
     plain = torch.from_numpy(image[:, :, 0] / 255.0).float()
     flips = sum(torch.allclose(flip_only.view(image)[0], plain.flip(-1)) for _ in range(400))
     assert 160 < flips < 240  # p = 0.5
+
+
+def test_gray_jitter_changes_brightness_and_contrast_only(fmnist):
+    torch.manual_seed(2)
+    image = fmnist.images[3]
+    jitter_only = TwoViewAugment(28, 1, [0.0], [1.0], crop_scale=(1.0, 1.0), hflip=False, gray_jitter=0.8)
+    order = np.argsort(image[:, :, 0].ravel(), kind="stable")
+    changed = 0
+    for _ in range(50):
+        v = jitter_only.view(image)[0].numpy().ravel()
+        # brightness scales and contrast blends with the mean: a monotone map of each pixel
+        assert (np.diff(v[order]) >= -1e-6).all()
+        changed += not np.allclose(v * 255, image[:, :, 0].ravel(), atol=1)
+    assert 30 <= changed <= 50  # applied with p = 0.8
+    rgb = TwoViewAugment(32, 3, [0.5] * 3, [0.5] * 3, crop_scale=(1.0, 1.0), hflip=False, color_jitter=0.0,
+                         grayscale_p=0.0, gray_jitter=0.8)  # fmt: skip
+    photo = skimage_data.astronaut()[::16, ::16]
+    assert torch.equal(rgb.view(photo), rgb.view(photo))  # gray_jitter leaves RGB images alone
 
 
 def test_torch_dataset_batches(fmnist):
