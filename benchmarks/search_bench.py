@@ -151,9 +151,9 @@ def serve_and_load(index_uri: str, q: np.ndarray, k: int, args, placement: str) 
     from rayhash.serve.app import direct_ingress_urls
 
     in_ingress = placement == "ingress"
-    # The ingress searches its one merged index per batch, with two batches at once: a thread
-    # each fills the cores. Shard deployments search at once, one per shard.
-    threads = max(1, args.threads // (args.ingress_replicas * 2 if in_ingress else args.shards))
+    # Each shard's search call gets its share of the thread budget (1 with the defaults); under
+    # load several fan-out batches run at once, which is what fills the cores.
+    threads = max(1, args.threads // args.shards)
     replicas = args.ingress_replicas if in_ingress else 1
     proxy_url = start(index_uri, encode_images=False, port=args.port, name="bench", ready_timeout_s=600,
                       threads=threads, max_queries=max(args.batch, args.bulk_batch), timeout_s=120.0, shards_in_ingress=in_ingress,

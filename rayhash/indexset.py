@@ -286,11 +286,11 @@ def merge_shards(shards: Sequence[IndexShard]) -> IndexShard:
     apart, on a thread each, they answer one query sooner, since faiss splits a flat search
     over queries only.)
     """
+    if not all(isinstance(s.index, faiss.IndexBinaryIVF) for s in shards):
+        raise ValueError("merge_shards merges IVF shards; search flat shards apart and merge their top-k")
     shards = sorted(shards, key=lambda s: s.offset)
     ids = shared_ids(shards)  # checks they are consecutive
     first = shards[0].index
-    if not all(isinstance(s.index, faiss.IndexBinaryIVF) for s in shards):
-        raise ValueError("merge_shards merges IVF shards; search flat shards apart and merge their top-k")
     quantizer = faiss.serialize_index_binary(first.quantizer)
     for s in shards[1:]:
         if not np.array_equal(faiss.serialize_index_binary(s.index.quantizer), quantizer):

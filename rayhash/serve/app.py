@@ -2,10 +2,10 @@
 
 Two placements of the shards: one deployment each (the default, which scales out: a shard per
 replica set, and a lost shard is a 503 naming it), or ``shards_in_ingress``: every ingress
-replica loads all shards (each still checked against its SHA-256), merges them into one index
-and searches it in a worker thread, saving an actor hop and its serialisation per query and
-the per-shard repeats of an IVF search, for indexes that fit in one replica's memory (about
-26 bytes per 64-bit code with its id).
+replica loads all shards (each still checked against its SHA-256) and searches them in worker
+threads, saving an actor hop and its serialisation per query (IVF shards are merged into one
+index first, saving the per-shard repeats of an IVF search), for indexes that fit in one
+replica's memory (about 26 bytes per 64-bit code with its id).
 
 Three ways in, one builder:
 
@@ -48,8 +48,8 @@ class ServeConfig:
     checkpoint: str | None = None  # the encoder's checkpoint; None: the one the index's code set records
     encode_images: bool = True  # False: no encoder deployment, /search/image answers 503
     nprobe: int | None = None  # ivf: lists probed per query (default: the index's own)
-    threads: int = 1  # faiss OpenMP threads per search call (per shard replica, or per ingress replica's merged index)
-    shards_in_ingress: bool = False  # True: each ingress replica holds every shard, merged into one index; no shard deployments
+    threads: int = 1  # faiss OpenMP threads per search call (of a shard replica, or of a shard held by the ingress)
+    shards_in_ingress: bool = False  # True: each ingress replica holds every shard (IVF merged into one); no shard deployments
     max_k: int = 1000
     max_queries: int = 256  # codes per /search/codes request
     max_upload_bytes: int = 8 << 20
