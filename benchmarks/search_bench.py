@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -116,19 +117,67 @@ def answer_distances(answer, fmt: str) -> list[list[int]]:
     return [[r["distance"] for r in res] if fmt == "objects" else res["distances"] for res in answer["results"]]
 
 
+def request_bodies(q: np.ndarray, per_request: int, k: int, fmt: str, packed: bool) -> list[dict]:
+    """One request per ``per_request`` queries: hex codes as JSON for ``/search/codes``, or with
+    ``packed`` the codes' bytes for ``/search/packed`` (key ``"packed"``; the rest go as query parameters)."""
+    chunks = [q[i:i + per_request] for i in range(0, len(q), per_request)]
+    if packed:
+        return [{"packed": c.tobytes(), "k": k, "format": fmt} for c in chunks]
+    return [{"codes": codes_lib.to_hex(c), "k": k, "format": fmt} for c in chunks]
+
+
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """``{pid: (command line, CPU seconds so far)}`` of every process (Linux ``/proc``; empty elsewhere)."""
+    out, tick = {}, os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        out[int(pid)] = (cmd, (int(fields[11]) + int(fields[12])) / tick)  # utime + stime
+    return out
+
+
+def cpu_by_role(before: dict, after: dict, app: str) -> dict[str, float]:
+    """CPU seconds spent between two :func:`cpu_seconds` snapshots by the app's ingress replicas,
+    its shard replicas, this process (the load generator) and everything else."""
+    roles = dict.fromkeys(("ingress", "shards", "load_generator", "other"), 0.0)
+    for pid, (cmd, t) in after.items():
+        used = t - before.get(pid, (cmd, 0.0))[1]
+        if pid == os.getpid():
+            roles["load_generator"] += used
+        elif f"ServeReplica:{app}:ingress" in cmd:
+            roles["ingress"] += used
+        elif f"ServeReplica:{app}:" in cmd:
+            roles["shards"] += used
+        else:
+            roles["other"] += used
+    return roles
+
+
 async def http_load(urls: list[str], bodies: list[dict], concurrency: int) -> tuple[float, list[float], list]:
-    """POST every body to ``url/search/codes`` with ``concurrency`` in flight, spread evenly over
-    ``urls`` (one per ingress replica): (requests/s, latencies ms, parsed answers)."""
+    """POST every body (see :func:`request_bodies`) with ``concurrency`` in flight, spread evenly
+    over ``urls`` (one per ingress replica): (requests/s, latencies ms, parsed answers)."""
     import aiohttp
 
     answers: list = [None] * len(bodies)
     latencies: list[float] = []
     next_body = iter(range(len(bodies)))
 
+    def post(session, url, body):
+        if "packed" not in body:
+            return session.post(f"{url}/search/codes", json=body)
+        params = {key: str(v) for key, v in body.items() if key != "packed"}
+        return session.post(f"{url}/search/packed", params=params, data=body["packed"],
+                            headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+
     async def worker(session, url):
         for i in next_body:
             t = time.perf_counter()
-            async with session.post(f"{url}/search/codes", json=bodies[i]) as r:
+            async with post(session, url, bodies[i]) as r:
                 data = await r.read()
                 if r.status != 200:
                     raise RuntimeError(f"HTTP {r.status}: {data[:500]!r}")
@@ -155,32 +204,36 @@ def serve_and_load(index_uri: str, q: np.ndarray, k: int, args, placement: str) 
     # load several fan-out batches run at once, which is what fills the cores.
     threads = max(1, args.threads // args.shards)
     replicas = args.ingress_replicas if in_ingress else 1
+    most = max(args.batch, *map(int, args.bulk_batch.split(",")))  # queries in the largest request
     proxy_url = start(index_uri, encode_images=False, port=args.port, name="bench", ready_timeout_s=600,
-                      threads=threads, max_queries=max(args.batch, args.bulk_batch), timeout_s=120.0, shards_in_ingress=in_ingress,
+                      threads=threads, max_queries=most, batch_rows=max(256, most), timeout_s=120.0, shards_in_ingress=in_ingress,
                       ingress={"num_replicas": replicas})  # fmt: skip
     direct = direct_ingress_urls("bench")
     urls = direct or [proxy_url]
-    hexes = codes_lib.to_hex(q)
     common = {"placement": placement, "http_path": "direct-ingress" if direct else "proxy", "ingress_replicas": replicas,
               "search_threads": threads}  # fmt: skip
     out = []
     try:
-        plan = [(1, 1, "objects"), (args.concurrency, 1, "objects")]
-        plan += [(args.concurrency, args.batch, fmt) for fmt in args.formats.split(",")]
-        if args.bulk_batch:
-            plan.append((args.concurrency, args.bulk_batch, "arrow"))
-        for concurrency, per_request, fmt in plan:
-            bodies = [{"codes": hexes[i:i + per_request], "k": k, "format": fmt} for i in range(0, len(hexes), per_request)]
-            rounds = max(1, args.min_queries // len(hexes))
+        # (requests in flight, queries per request, answer format, request body)
+        plan = [(1, 1, "objects", "json"), (args.concurrency, 1, "objects", "json")]
+        plan += [(args.concurrency, args.batch, fmt, "json") for fmt in args.formats.split(",")]
+        plan += [(args.concurrency, int(b), "arrow", args.bulk_body) for b in args.bulk_batch.split(",") if int(b)]
+        for concurrency, per_request, fmt, request in plan:
+            bodies = request_bodies(q, per_request, k, fmt, packed=request == "packed")
+            rounds = max(1, args.min_queries // len(q))
             if concurrency == 1:
                 bodies, rounds = bodies[: args.single_queries], 1
             asyncio.run(http_load(urls, bodies[: 2 * concurrency], concurrency))  # warm up
+            cpu_before = cpu_seconds()
             qps, lat, answers = asyncio.run(http_load(urls, bodies * rounds, concurrency))
+            cpu = cpu_by_role(cpu_before, cpu_seconds(), "bench")
+            served_queries = len(bodies) * rounds * per_request
             per_query = [d for a in answers[: len(bodies)] for d in answer_distances(a, fmt)]
             dist = np.array([d + [-1] * (k - len(d)) for d in per_query])
             row = {**common, "concurrency": concurrency, "queries_per_request": per_request, "format": fmt,
-                   "served_qps": qps * per_request, "p50_ms": float(np.percentile(lat, 50)),
-                   "p99_ms": float(np.percentile(lat, 99)), "served_distances": dist}  # fmt: skip
+                   "request_body": request, "served_qps": qps * per_request, "p50_ms": float(np.percentile(lat, 50)),
+                   "p99_ms": float(np.percentile(lat, 99)), "served_distances": dist,
+                   "cpu_us_per_query": {role: 1e6 * t / served_queries for role, t in cpu.items()}}  # fmt: skip
             if concurrency == 1 and direct:
                 _, proxy_lat, _ = asyncio.run(http_load([proxy_url], bodies, 1))
                 row.update(proxy_p50_ms=float(np.percentile(proxy_lat, 50)), proxy_p99_ms=float(np.percentile(proxy_lat, 99)))
@@ -284,8 +337,11 @@ def main() -> int:
     parser.add_argument("--ingress-replicas", type=int, default=2,
                         help="ingress replicas when they hold the shards; requests spread over their ports")
     parser.add_argument("--formats", default="objects,columns,arrow", help="answer formats of the batched runs")
-    parser.add_argument("--bulk-batch", type=int, default=256,
-                        help="queries per request of a last run in the arrow format, as a bulk client sends (0: none)")
+    parser.add_argument("--bulk-batch", default="256",
+                        help="queries per request of last runs in the arrow format, as a bulk client sends: "
+                             "comma-separated sizes, one run each (0: none)")
+    parser.add_argument("--bulk-body", choices=("json", "packed"), default="packed",
+                        help="how the bulk runs send their codes: hex in JSON (/search/codes) or raw bytes (/search/packed)")
     parser.add_argument("--kinds", default="flat,ivf", help="indexes to measure")
     parser.add_argument("--nlist", type=int, default=None, help="default 1024 up to 2M codes, 4096 above")
     parser.add_argument("--target-recall", type=float, default=0.95)
@@ -298,8 +354,6 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     faiss.omp_set_num_threads(args.threads)
-
-    import os
 
     import ray
 

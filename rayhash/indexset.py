@@ -240,9 +240,25 @@ def load_shard(manifest: IndexSetManifest | str, i: int, nprobe: int | None = No
 
 
 def take_ids(ids: pa.Array, positions: np.ndarray) -> pa.Array:
-    """``ids`` at flat ``positions``, null where a position is ``-1`` (a pad): no Python string per id."""
+    """``ids`` (strings, or :func:`fixed_width_ids`) at flat ``positions`` as strings, null where a
+    position is ``-1`` (a pad): no Python string per id."""
     positions = np.asarray(positions, dtype=np.int64)
-    return ids.take(pa.array(positions, mask=positions < 0))
+    found = ids.take(pa.array(positions, mask=positions < 0))
+    return found.cast(pa.binary()).cast(pa.large_string()) if pa.types.is_fixed_size_binary(ids.type) else found
+
+
+def fixed_width_ids(ids: pa.Array) -> pa.Array:
+    """A fixed-width copy of string ``ids`` when they all have one byte length (zero-padded
+    numbers, hashes, UUIDs), else ``ids`` itself: what :func:`take_ids` gathers fastest. Random
+    ids are read without an offsets lookup: 100k of 1M 9-byte ids in 0.8 ms against 3.6 ms
+    (take and cast back to strings); a top-k answer gathers k ids per query."""
+    if len(ids) == 0 or ids.null_count:
+        return ids
+    lengths = pc.binary_length(ids)
+    width = pc.min_max(lengths)
+    if width["min"] != width["max"] or width["min"].as_py() == 0:
+        return ids
+    return ids.cast(pa.binary()).cast(pa.binary(width["min"].as_py()))
 
 
 def ids_of(ids: pa.Array, positions: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from rayhash import codes as codes_lib
@@ -94,6 +95,24 @@ def test_shared_ids_find_a_merged_top_k(tied_codeset, tmp_path):
     for s in shards:  # each shard now reads its ids from the shared array
         np.testing.assert_array_equal(s.search(q, 7)[1], indexset.ids_of(all_ids, s.search_keys(q, 7)[1]))
         np.testing.assert_array_equal(s.code_of(s.ids[5].as_py()), codes[list(ids).index(s.ids[5].as_py())])
+
+
+@pytest.mark.parametrize("make_id", [lambda i: f"img/{i:06d}", lambda i: f"é{i:05d}"], ids=["ascii", "utf8"])
+def test_fixed_width_ids_gather_what_the_strings_give(make_id):
+    ids = pa.array([make_id(i) for i in range(5000)], pa.large_string())
+    fixed = indexset.fixed_width_ids(ids.slice(100))  # a slice, as shared_ids makes them
+    assert pa.types.is_fixed_size_binary(fixed.type)
+    pos = np.random.default_rng(0).integers(-1, 4900, 3000)  # -1: pads
+    got = indexset.take_ids(fixed, pos)
+    assert got.type == pa.large_string() and got.equals(indexset.take_ids(ids.slice(100), pos))
+    assert got.to_pylist() == [None if p < 0 else make_id(p + 100) for p in pos]
+    np.testing.assert_array_equal(indexset.ids_of(fixed, pos.reshape(60, 50)), indexset.ids_of(ids.slice(100), pos.reshape(60, 50)))
+
+
+@pytest.mark.parametrize("values", [["a", "bb"], ["é", "abc"], ["x", None], []])
+def test_ids_of_mixed_widths_stay_strings(values):
+    ids = pa.array(values, pa.large_string())
+    assert indexset.fixed_width_ids(ids) is ids
 
 
 def test_merged_ivf_shards_probe_the_same_lists_as_the_shards(tied_codeset, tmp_path):

@@ -51,7 +51,7 @@ class ServeConfig:
     threads: int = 1  # faiss OpenMP threads per search call (of a shard replica, or of a shard held by the ingress)
     shards_in_ingress: bool = False  # True: each ingress replica holds every shard (IVF merged into one); no shard deployments
     max_k: int = 1000
-    max_queries: int = 256  # codes per /search/codes request
+    max_queries: int = 256  # codes per /search/codes or /search/packed request
     max_upload_bytes: int = 8 << 20
     max_pixels: int = MAX_PIXELS  # decompression-bomb guard for uploads
     timeout_s: float = 10.0  # per request, for every shard and the encoder

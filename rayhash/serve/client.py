@@ -67,6 +67,19 @@ class SearchClient:
         r = self._request("POST", "/search/codes", json=body)
         return pa.ipc.open_stream(r.content).read_all()
 
+    def search_packed(self, codes: np.ndarray, k: int = 10, radius: int | None = None, partial: bool = False,
+                      format: str = "arrow") -> list[list[dict]] | list[dict] | pa.Table:
+        """:meth:`search_codes` for packed uint8 codes ``(q, nbits/8)``, sent as raw bytes to
+        ``/search/packed``: no hex and no JSON on either side. Answers in ``format`` as there;
+        ``"arrow"`` by default, the bulk client's choice."""
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        if codes.ndim != 2:
+            raise ValueError(f"codes must be packed uint8 of shape (queries, nbits/8), got shape {codes.shape}")
+        params = {"k": k, "partial": partial, "format": format, **({"radius": radius} if radius is not None else {})}
+        r = self._request("POST", "/search/packed", params=params, data=codes.tobytes(),
+                          headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        return pa.ipc.open_stream(r.content).read_all() if format == "arrow" else r.json()["results"]
+
     def search_image(self, image: bytes | str | os.PathLike, k: int = 10, partial: bool = False) -> list[dict]:
         """Nearest items of an image given as encoded bytes (PNG, JPEG, ...) or a file path."""
         data = image if isinstance(image, (bytes, bytearray)) else open(image, "rb").read()

@@ -118,7 +118,8 @@ class SearchIngress:
             m = indexset.read_index_manifest(local["uri"])
             shards = [indexset.load_shard(m, i, nprobe=local.get("nprobe")) for i in range(len(m.shards))]
             self.local = [indexset.merge_shards(shards)] if m.kind == "ivf" and len(shards) > 1 else shards
-            self.local_ids = indexset.shared_ids(self.local)  # ids by global key, for the merged top-k
+            # ids by global key, for the merged top-k; fixed-width when they allow it, gathered 4x faster
+            self.local_ids = indexset.fixed_width_ids(indexset.shared_ids(self.local))
             self.threads = int(local.get("threads", 1))
             logger.info("ingress holds the %d shards of %s itself, searched as %d (%d items)", len(shards), m.uri,
                         len(self.local), m.items)  # fmt: skip
@@ -148,24 +149,39 @@ class SearchIngress:
 
     @app.post("/search/codes", summary="k nearest items of each hex code")
     async def search_codes(self, query: CodesQuery):
-        k = self._check_k(query.k)
-        if len(query.codes) > self.max_queries:
-            raise HTTPException(413, f"{len(query.codes)} codes in one request; this service takes at most {self.max_queries}")
-        if query.radius is not None and not 0 <= query.radius <= self.nbits:
-            raise HTTPException(422, f"radius must be between 0 and {self.nbits} (the code length), got {query.radius}")
+        k = self._check_query(query.k, query.radius, len(query.codes))
         try:
             packed = codes_lib.from_hex(query.codes, self.nbits)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
-        arrow = query.format == "arrow"
-        dist, ids, missing = await self._search(packed, k, query.partial, arrow=arrow)
-        if arrow:
-            meta = {"k": k, "radius": query.radius, "partial": bool(missing), "missing_shards": missing}
-            return _arrow(dist, ids, query.radius, meta)
-        if query.radius is not None:
-            ids = np.where(dist <= query.radius, ids, None)
-        results = _columns(dist, ids) if query.format == "columns" else _results(dist, ids)
-        return self._answer({"results": results, "k": k, "radius": query.radius}, missing)
+        return await self._search_answer(packed, k, query.radius, query.partial, query.format)
+
+    @app.post(
+        "/search/packed",
+        summary="k nearest items of packed binary codes, sent as raw bytes",
+        description="The body is the codes themselves, nbits/8 bytes each (MSB first, as /search/codes' hex), "
+                    "with Content-Type application/octet-stream; the options are query parameters and the "
+                    "answer is /search/codes' in the chosen format. No hex and no JSON to parse: for bulk clients.",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    )  # fmt: skip
+    async def search_packed(self, request: Request, k: int = 10, radius: int | None = None, partial: bool = False,
+                            format: Literal["objects", "columns", "arrow"] = "objects"):
+        nbytes = self.nbits // 8
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/octet-stream":
+            raise HTTPException(415, f"Content-Type {ctype or '(none)'} is not packed codes: send the codes' bytes "
+                                     "with Content-Type application/octet-stream, or hex codes as JSON to /search/codes")  # fmt: skip
+        body = await self._read_capped(request, self.max_queries * nbytes,
+                                       f"{self.max_queries} codes of {nbytes} bytes (this service's max_queries)")  # fmt: skip
+        if not body:
+            raise HTTPException(400, "the body is empty: send at least one packed code")
+        if len(body) % nbytes:
+            raise HTTPException(422, f"the body of {len(body)} bytes is not a whole number of codes: this index "
+                                     f"holds {self.nbits}-bit codes, {nbytes} bytes each")  # fmt: skip
+        k = self._check_query(k, radius, len(body) // nbytes)
+        packed = np.frombuffer(body, dtype=np.uint8).reshape(-1, nbytes)
+        return await self._search_answer(packed, k, radius, partial, format)
 
     @app.post(
         "/search/image",
@@ -214,6 +230,25 @@ class SearchIngress:
             raise HTTPException(422, f"k must be between 1 and {self.max_k} (this service's cap), got {k}")
         return k
 
+    def _check_query(self, k: int, radius: int | None, num_codes: int) -> int:
+        k = self._check_k(k)
+        if num_codes > self.max_queries:
+            raise HTTPException(413, f"{num_codes} codes in one request; this service takes at most {self.max_queries}")
+        if radius is not None and not 0 <= radius <= self.nbits:
+            raise HTTPException(422, f"radius must be between 0 and {self.nbits} (the code length), got {radius}")
+        return k
+
+    async def _search_answer(self, packed: np.ndarray, k: int, radius: int | None, partial: bool, fmt: str) -> Response:
+        arrow = fmt == "arrow"
+        dist, ids, missing = await self._search(packed, k, partial, arrow=arrow)
+        if arrow:
+            meta = {"k": k, "radius": radius, "partial": bool(missing), "missing_shards": missing}
+            return _arrow(dist, ids, radius, meta)
+        if radius is not None:
+            ids = np.where(dist <= radius, ids, None)
+        results = _columns(dist, ids) if fmt == "columns" else _results(dist, ids)
+        return self._answer({"results": results, "k": k, "radius": radius}, missing)
+
     @staticmethod
     def _answer(body: dict, missing: list[int]) -> Response:
         body.update(partial=bool(missing), missing_shards=missing)
@@ -229,22 +264,28 @@ class SearchIngress:
                                      "multipart/form-data field 'file', or as the raw body with Content-Type image/* "
                                      "or application/octet-stream")  # fmt: skip
         limit = f"the upload limit of {self.max_upload_bytes} bytes"
-        cap = self.max_upload_bytes + (MULTIPART_SLACK if multipart else 0)
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap:
-            raise HTTPException(413, f"the body of {declared} bytes exceeds {limit}")
-        chunks, size = [], 0
-        async for chunk in request.stream():  # a body without Content-Length is counted as it arrives
-            size += len(chunk)
-            if size > cap:
-                raise HTTPException(413, f"the body exceeds {limit}")
-            chunks.append(chunk)
-        data = await self._form_file(request, b"".join(chunks)) if multipart else b"".join(chunks)
+        body = await self._read_capped(request, self.max_upload_bytes + (MULTIPART_SLACK if multipart else 0), limit)
+        data = await self._form_file(request, body) if multipart else body
         if not data:
             raise HTTPException(400, "the upload is empty")
         if len(data) > self.max_upload_bytes:
             raise HTTPException(413, f"the image of {len(data)} bytes exceeds {limit}")
         return data
+
+    @staticmethod
+    async def _read_capped(request: Request, cap: int, limit: str) -> bytes:
+        """The request body, refused with a 413 naming ``limit`` once it passes ``cap`` bytes:
+        by its declared Content-Length before reading, else counted as it arrives."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise HTTPException(413, f"the body of {declared} bytes exceeds {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise HTTPException(413, f"the body exceeds {limit}")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     @staticmethod
     async def _form_file(request: Request, body: bytes) -> bytes:

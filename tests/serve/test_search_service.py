@@ -100,7 +100,7 @@ def test_stats_healthz_and_docs(url, client, corpus, tiny_checkpoint):
     assert stats["index"] == {"uri": corpus.index.uri, "manifest_sha256": corpus.index.sha256, "kind": "flat", "params": {}}
     assert client.healthz()["status"] == "ok"
     paths = requests.get(f"{url}/openapi.json", timeout=10).json()["paths"]
-    assert {"/search/codes", "/search/image", "/items/{item_id}/neighbors", "/stats", "/healthz"} <= set(paths)
+    assert {"/search/codes", "/search/packed", "/search/image", "/items/{item_id}/neighbors", "/stats", "/healthz"} <= set(paths)
 
 
 @pytest.mark.parametrize("k", [1, 10, 100, 500])
@@ -118,6 +118,21 @@ def test_radius_keeps_the_nearest_within_it(client, corpus):
     assert arrow_rows(table) == want and table.num_rows == len(q)
     assert answer_info(table) == {"k": 50, "radius": 20, "partial": False, "missing_shards": []}
     assert arrow_rows(client.search_codes(q, k=50, format="arrow")) == corpus.brute_force(q, 50)
+
+
+def test_packed_codes_find_what_their_hex_finds(url, client, corpus):
+    q = queries(corpus, seed=4)
+    want = corpus.brute_force(q, 40)
+    assert arrow_rows(client.search_packed(q, k=40)) == want
+    assert client.search_packed(q, k=40, format="objects") == want
+    within = [[r for r in row if r["distance"] <= 24] for row in want]
+    table = client.search_packed(q, k=40, radius=24)
+    assert arrow_rows(table) == within and answer_info(table)["radius"] == 24
+    # the raw route, as any HTTP client sends it
+    r = requests.post(f"{url}/search/packed", params={"k": 40, "format": "columns"}, data=q.tobytes(),
+                      headers={"Content-Type": "application/octet-stream"}, timeout=30)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["results"] == [{"ids": [x["id"] for x in row], "distances": [x["distance"] for x in row]} for row in want]
 
 
 @pytest.mark.parametrize("as_multipart", [True, False])
@@ -143,6 +158,7 @@ def test_neighbors_of_an_indexed_item_exclude_itself(client, corpus, item):
 
 
 BIG = b"\x89PNG" + bytes(300 << 10)
+OCTETS = "application/octet-stream"
 
 
 def bomb_png() -> bytes:
@@ -161,6 +177,20 @@ BAD_REQUESTS = [
     ("post", "/search/codes", {"json": {"codes": ["00" * 8], "format": "rows"}}, 422, "'columns' or 'arrow'"),
     ("post", "/search/codes", {"json": {"codes": ["00" * 8] * 65}}, 413, "at most 64"),
     ("post", "/search/codes", {"data": b"not json", "headers": {"Content-Type": "application/json"}}, 422, "JSON"),
+    ("post", "/search/packed", {"data": bytes(12), "headers": {"Content-Type": OCTETS}}, 422,
+     "12 bytes is not a whole number of codes: this index holds 64-bit codes, 8 bytes each"),
+    ("post", "/search/packed", {"data": b"", "headers": {"Content-Type": OCTETS}}, 400, "the body is empty"),
+    ("post", "/search/packed", {"data": bytes(8 * 65), "headers": {"Content-Type": OCTETS}}, 413,
+     "exceeds 64 codes of 8 bytes"),
+    ("post", "/search/packed", {"data": iter([bytes(8 * 40)] * 2), "headers": {"Content-Type": OCTETS}}, 413,
+     "the body exceeds 64 codes"),
+    ("post", "/search/packed", {"json": {"codes": ["00" * 8]}}, 415, "send the codes' bytes"),
+    ("post", "/search/packed", {"data": bytes(8), "params": {"k": 0}, "headers": {"Content-Type": OCTETS}}, 422,
+     "k must be between 1 and 500"),
+    ("post", "/search/packed", {"data": bytes(8), "params": {"radius": 70}, "headers": {"Content-Type": OCTETS}}, 422,
+     "radius must be between 0 and 64"),
+    ("post", "/search/packed", {"data": bytes(8), "params": {"format": "rows"}, "headers": {"Content-Type": OCTETS}}, 422,
+     "'columns' or 'arrow'"),
     ("get", "/items/no-such-item/neighbors", {}, 404, "no item with id 'no-such-item'"),
     ("get", "/items/rand%2F1/neighbors", {"params": {"k": "ten"}}, 422, "valid integer"),
     ("get", "/items/rand%2F1/neighbors", {"params": {"k": 9999}}, 422, "k must be between 1 and 500"),
