@@ -14,7 +14,11 @@ one deployment each (``deployments``), faiss at one thread per search: one query
 (concurrency 1, against one faiss call per query in this process), then ``--concurrency``
 requests in flight of one query each, then of ``--batch`` queries each in each of ``--formats``
 (the API's default list of ``{"id", "distance"}`` per query, ``columns``, and ``arrow``), then
-of ``--bulk-batch`` queries each in ``arrow``, as a bulk client would send them.
+of each ``--bulk-batch`` size in ``arrow``, sent as a bulk client would: the codes' raw bytes to
+``/search/packed`` (``--bulk-body packed``) or hex in JSON. Every served run records the CPU
+each role spent per query (``cpu_us_per_query``, from ``/proc``: ingress replicas, shard
+replicas, this load generator, everything else), beside ``direct_cpu_us_per_query``: on a
+machine whose cores the served run fills, served over direct cannot pass the ratio of those.
 Requests go to the ingress replicas' own ports when Serve runs direct ingress (the default
 here), spread evenly, else through Serve's proxy; the concurrency-1 row also times the proxy
 path. The load generator is one aiohttp session with a keep-alive connection per request in
@@ -220,7 +224,8 @@ def serve_and_load(index_uri: str, q: np.ndarray, k: int, args, placement: str) 
         plan += [(args.concurrency, int(b), "arrow", args.bulk_body) for b in args.bulk_batch.split(",") if int(b)]
         for concurrency, per_request, fmt, request in plan:
             bodies = request_bodies(q, per_request, k, fmt, packed=request == "packed")
-            rounds = max(1, args.min_queries // len(q))
+            # at least --min-queries, and two requests per connection: big requests must still fill every slot
+            rounds = max(1, args.min_queries // len(q), -(-2 * concurrency // len(bodies)))
             if concurrency == 1:
                 bodies, rounds = bodies[: args.single_queries], 1
             asyncio.run(http_load(urls, bodies[: 2 * concurrency], concurrency))  # warm up
@@ -310,6 +315,8 @@ def bench_size(n: int, args, work: Path) -> list[dict]:
                              "direct_mode": "one query per call" if s["concurrency"] == 1 else "one call, all queries",
                              "served_over_direct_topk": s["served_qps"] / topk_qps[kind],
                              "direct_qps_before_after": [before, after], "direct_qps_by_threads": by_threads,
+                             # one thread's time per query: CPU without OpenMP's idle spinning
+                             "direct_cpu_us_per_query": 1e6 / by_threads[1],
                              "direct_p50_ms": lat[0], "direct_p99_ms": lat[1],
                              "speedup_over_flat": speedup if kind == "ivf" else 1.0,
                              "recall_at_100": recall_at_k(dist, exact_d[: len(dist), k - 1], k),

@@ -90,14 +90,18 @@ def _arrow(dist: np.ndarray, ids: pa.Array, radius: int | None, meta: dict) -> R
 
     ``ids`` is flat, one per (query, rank), null for pads; nothing here loops over results in
     Python, which is what the JSON formats spend most of their time on."""
-    keep = ~np.asarray(ids.is_null()).reshape(dist.shape)
-    if radius is not None:
-        keep &= dist <= radius
-    offsets = pa.array(np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int32))
-    flat_keep = keep.ravel()
-    kept_ids = ids if flat_keep.all() else ids.filter(pa.array(flat_keep))
+    rows, k = dist.shape
+    if ids.null_count == 0 and (radius is None or int(dist.max(initial=0)) <= radius):  # every row full
+        offsets, kept_ids, kept_dist = np.arange(0, rows * k + 1, k, dtype=np.int32), ids, dist.ravel()
+    else:
+        keep = ~np.asarray(ids.is_null()).reshape(dist.shape)
+        if radius is not None:
+            keep &= dist <= radius
+        offsets = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int32)
+        kept_ids, kept_dist = ids.filter(pa.array(keep.ravel())), dist[keep]
+    offsets = pa.array(offsets)
     table = pa.table({"ids": pa.ListArray.from_arrays(offsets, kept_ids),
-                      "distances": pa.ListArray.from_arrays(offsets, pa.array(dist[keep], pa.int32()))})  # fmt: skip
+                      "distances": pa.ListArray.from_arrays(offsets, pa.array(kept_dist, pa.int32()))})  # fmt: skip
     table = table.replace_schema_metadata({"rayhash": orjson.dumps(meta)})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rayhash.codes import hamming
-from rayhash.index.search import merge_topk, topk
+from rayhash.index.search import _sorted_top, merge_topk, sort_rows, topk
 
 
 def brute_topk(queries, database, k):
@@ -106,3 +106,20 @@ def test_bad_k_and_empty_inputs():
         topk(index, np.zeros((1, 2), np.uint8), 0)
     dist, pos = topk(index, np.zeros((2, 2), np.uint8), 3)  # empty index
     assert dist.shape == (2, 3) and (pos == -1).all()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_packed_value_sort_equals_the_argsort_merge(seed):
+    # topk's fast path against sort_rows (the merge's argsort) on random rows: ties, pads
+    # (with the junk distances faiss puts beside them), rows shorter than k, keys up to 2**40.
+    rng = np.random.default_rng(seed)
+    for _ in range(60):
+        n, cols, k = rng.integers(1, 12), rng.integers(1, 40), rng.integers(1, 50)
+        dist = rng.integers(0, 65, (n, cols)).astype(np.int32)
+        keys = rng.integers(0, 2 ** int(rng.integers(1, 41)), (n, cols)).astype(np.int64)
+        pads = rng.random((n, cols)) < 0.2
+        keys[pads], dist[pads] = -1, rng.integers(-1, 2**31 - 1, int(pads.sum()))
+        want_d, want_k, _ = sort_rows(dist, keys, k)
+        got_d, got_k = _sorted_top(dist, keys, k)
+        np.testing.assert_array_equal(got_d, want_d)
+        np.testing.assert_array_equal(got_k, want_k)
