@@ -132,8 +132,10 @@ def request_bodies(q: np.ndarray, per_request: int, k: int, fmt: str, packed: bo
 
 def cpu_seconds() -> dict[int, tuple[str, float]]:
     """``{pid: (command line, CPU seconds so far)}`` of every process (Linux ``/proc``; empty elsewhere)."""
-    out, tick = {}, os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    for pid in (p for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
+    if not os.path.isdir("/proc"):
+        return {}
+    out, tick = {}, os.sysconf("SC_CLK_TCK")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rpartition(")")[2].split()

@@ -26,6 +26,11 @@ def answer_info(table: pa.Table) -> dict:
     return json.loads(table.schema.metadata[b"rayhash"])
 
 
+def _parse_answer(r: requests.Response, format: str) -> list | pa.Table:
+    """A search answer's results: a ``pyarrow.Table`` for ``"arrow"``, else the JSON ``results``."""
+    return pa.ipc.open_stream(r.content).read_all() if format == "arrow" else r.json()["results"]
+
+
 class SearchClient:
     """``SearchClient("http://127.0.0.1:8000").search_codes(["00ff..."], k=10)`` -> results per query.
 
@@ -62,10 +67,7 @@ class SearchClient:
             codes = codes_lib.to_hex(codes)
         body = {"codes": list(codes), "k": k, "partial": partial, "format": format,
                 **({"radius": radius} if radius is not None else {})}  # fmt: skip
-        if format != "arrow":
-            return self._send("POST", "/search/codes", json=body)["results"]
-        r = self._request("POST", "/search/codes", json=body)
-        return pa.ipc.open_stream(r.content).read_all()
+        return _parse_answer(self._request("POST", "/search/codes", json=body), format)
 
     def search_packed(self, codes: np.ndarray, k: int = 10, radius: int | None = None, partial: bool = False,
                       format: str = "arrow") -> list[list[dict]] | list[dict] | pa.Table:
@@ -78,7 +80,7 @@ class SearchClient:
         params = {"k": k, "partial": partial, "format": format, **({"radius": radius} if radius is not None else {})}
         r = self._request("POST", "/search/packed", params=params, data=codes.tobytes(),
                           headers={"Content-Type": "application/octet-stream"})  # fmt: skip
-        return pa.ipc.open_stream(r.content).read_all() if format == "arrow" else r.json()["results"]
+        return _parse_answer(r, format)
 
     def search_image(self, image: bytes | str | os.PathLike, k: int = 10, partial: bool = False) -> list[dict]:
         """Nearest items of an image given as encoded bytes (PNG, JPEG, ...) or a file path."""

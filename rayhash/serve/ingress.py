@@ -72,6 +72,11 @@ class ShardUnavailable(Exception):
         self.shard = shard
 
 
+def _content_type(request: Request) -> str:
+    """The request's media type, lower case, without parameters (boundary, charset)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 def _results(dist: np.ndarray, ids: np.ndarray) -> list[list[dict]]:
     return [[{"id": i, "distance": d} for i, d in zip(id_row, d_row) if i is not None]
             for id_row, d_row in zip(ids.tolist(), dist.tolist())]  # fmt: skip
@@ -172,7 +177,7 @@ class SearchIngress:
     async def search_packed(self, request: Request, k: int = 10, radius: int | None = None, partial: bool = False,
                             format: Literal["objects", "columns", "arrow"] = "objects"):
         nbytes = self.nbits // 8
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        ctype = _content_type(request)
         if ctype != "application/octet-stream":
             raise HTTPException(415, f"Content-Type {ctype or '(none)'} is not packed codes: send the codes' bytes "
                                      "with Content-Type application/octet-stream, or hex codes as JSON to /search/codes")  # fmt: skip
@@ -261,7 +266,7 @@ class SearchIngress:
 
     async def _read_upload(self, request: Request) -> bytes:
         """The uploaded image's bytes; the size cap holds before the body is read, not after."""
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        ctype = _content_type(request)
         multipart = ctype == "multipart/form-data"
         if not (ctype in IMAGE_TYPES or ctype.startswith("image/")):
             raise HTTPException(415, f"Content-Type {ctype or '(none)'} is not an image upload: send the image as "
