@@ -4,8 +4,9 @@ every ``EVERY`` rounds. The README's "what was tried" figures came from it.
     EVERY=10 python benchmarks/recipe_pilot.py M1-mlp-abl --model.backbone=mlp --method.ablation=true \\
         --optim.batch_size=64 --optim.lr=0.001 --run.rounds=30
 
-Arguments: a label, then overrides of configs/fmnist-dsch-64.yaml. This session's pilots:
-benchmarks/results/fmnist_recipe_pilots.json.
+Arguments: a label, then overrides of configs/fmnist-dsch-64.yaml. ``FLOAT=1`` adds the cosine
+mAP of the continuous codes, ``FEAT=1`` that of the backbone's features (before the hash head).
+The pilots so far: benchmarks/results/fmnist_recipe_pilots.json.
 """
 
 import json
@@ -23,6 +24,16 @@ from rayhash.metrics import map_at_k
 from rayhash.models import build_model
 from rayhash.train.config import TrainConfig
 from rayhash.train.loop import load_split, run_rounds
+
+
+def cosine_map(vectors: torch.Tensor, query_labels: np.ndarray, db_labels: np.ndarray, k: int = 1000) -> float:
+    """mAP@k of a float ranking by cosine similarity; ``vectors`` holds the queries, then the database."""
+    v = torch.nn.functional.normalize(vectors.float(), dim=1)
+    nq = len(query_labels)
+    top = torch.topk(v[:nq] @ v[nq:].T, k, dim=1).indices.numpy()
+    rel = db_labels[top] == query_labels[:, None]
+    prec = np.cumsum(rel, axis=1) / np.arange(1, k + 1)
+    return round(float(((prec * rel).sum(1) / np.maximum(rel.sum(1), 1)).mean()), 4)
 
 
 def main() -> None:
@@ -44,11 +55,13 @@ def main() -> None:
         score = map_at_k(packed[:nq], packed[nq:], data.labels[split.query], data.labels[split.database], 1000)
         extra = {}
         if os.environ.get("FLOAT"):  # how much of the gap is binarisation: cosine mAP of the continuous codes
-            h = torch.nn.functional.normalize(ImageEncoder(model, device="cpu").encode_continuous(data.images[positions]), dim=1)
-            top = torch.topk(h[:nq] @ h[nq:].T, 1000, dim=1).indices.numpy()
-            rel = data.labels[split.database][top] == data.labels[split.query][:, None]
-            prec = np.cumsum(rel, axis=1) / np.arange(1, 1001)
-            extra["float_map"] = round(float(((prec * rel).sum(1) / np.maximum(rel.sum(1), 1)).mean()), 4)
+            h = ImageEncoder(model, device="cpu").encode_continuous(data.images[positions])
+            extra["float_map"] = cosine_map(h, data.labels[split.query], data.labels[split.database])
+        if os.environ.get("FEAT"):  # how much the hash head loses: cosine mAP of the backbone's features
+            batch = ImageEncoder(model, device="cpu").preprocess(data.images[positions])
+            with torch.inference_mode():
+                f = torch.cat([model.eval().backbone(batch[i:i + 1024]) for i in range(0, len(batch), 1024)])
+            extra["feat_map"] = cosine_map(f, data.labels[split.query], data.labels[split.database])
         print(json.dumps({"label": label, "round": r, "map": round(score, 4), **extra, "loss": round(metrics["loss"], 3),
                           "seconds": round(time.perf_counter() - t0)}), flush=True)
 

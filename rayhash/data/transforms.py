@@ -87,7 +87,8 @@ class TwoViewAugment:
     to RGB inputs; brightness and contrast jitter (p=0.8, ``gray_jitter``) to grayscale
     inputs, their one colour dimension (on Fashion-MNIST, 64 bits, 10 rounds: mAP@1000 0.740
     with 0.8 against 0.687 without; benchmarks/results/fmnist_recipe_pilots.json); blur
-    (p=0.5) when ``blur=True``.
+    (p=0.5) when ``blur=True``; random erasing of a patch (probability ``erase``) last, on the
+    normalised view, so the patch reads as the dataset's mean intensity.
     """
 
     def __init__(
@@ -103,6 +104,7 @@ class TwoViewAugment:
         grayscale_p: float = 0.2,
         gray_jitter: float = 0.8,
         blur: bool = False,
+        erase: float = 0.0,
     ):
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}.")
@@ -122,13 +124,17 @@ class TwoViewAugment:
         self._color = v2.Compose(color) if color else None
         self._gray = v2.RandomApply([v2.ColorJitter(gray_jitter, gray_jitter)], p=0.8) if gray_jitter > 0 else None
         self._finish = _finish(channels, mean, std)
+        if not 0 <= erase <= 1:
+            raise ValueError(f"erase is a probability in [0, 1], got {erase}.")
+        self._erase = v2.RandomErasing(p=erase, scale=(0.02, 0.2), value=0) if erase > 0 else None
 
     def view(self, image: np.ndarray) -> torch.Tensor:
         x = self._geometric(_to_tensor(image))
         jitter = self._color if x.shape[0] == 3 else self._gray
         if jitter is not None:
             x = jitter(x)
-        return self._finish(x)
+        x = self._finish(x)
+        return self._erase(x) if self._erase is not None else x
 
     def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return self.view(image), self.view(image)

@@ -25,6 +25,7 @@ class AugmentConfig:
     grayscale_p: float = 0.2  # RGB only
     gray_jitter: float = 0.8  # grayscale only: brightness and contrast jitter strength (p = 0.8)
     blur: bool = False
+    erase: float = 0.0  # probability of erasing a random patch (v2.RandomErasing) of each view
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,11 @@ def _maybe_chaos_kill(cfg: TrainConfig, round_index: int, marker_dir: str) -> No
         return
     os.makedirs(marker_dir, exist_ok=True)
     open(marker, "w").close()
+    # Ray Train's controller collects a reported checkpoint when it next polls the workers (every
+    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default); a death before that poll loses the report,
+    # and the run resumes one round further back. Tiny test rounds end well inside one interval,
+    # so wait two intervals: the kill then lands mid-round, after the last report was collected.
+    time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
     logger.warning("chaos: killing worker rank %d at round %d", dist.rank(), round_index)
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -119,7 +124,7 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
     a = cfg.augment
     augment = TwoViewAugment(spec.image_size, spec.channels, spec.mean, spec.std, crop_scale=tuple(a.crop_scale),
                              hflip=a.hflip, color_jitter=a.color_jitter, grayscale_p=a.grayscale_p,
-                             gray_jitter=a.gray_jitter, blur=a.blur)
+                             gray_jitter=a.gray_jitter, blur=a.blur, erase=a.erase)
     local_batch = max(2, cfg.optim.batch_size // world)
     # Every rank runs the same number of steps, or DDP's all-reduce would wait forever.
     steps = (len(split.train) // world) // local_batch

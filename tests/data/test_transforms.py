@@ -64,6 +64,23 @@ def test_whole_image_crop_without_flip_is_the_image(fmnist):
         assert torch.equal(v1, v2)
 
 
+def test_erase_blanks_one_rectangle_to_the_mean(fmnist):
+    torch.manual_seed(3)
+    image = fmnist.images[0]
+    plain = TwoViewAugment(28, 1, [0.5], [0.5], crop_scale=(1.0, 1.0), hflip=False, gray_jitter=0.0)
+    erased = TwoViewAugment(28, 1, [0.5], [0.5], crop_scale=(1.0, 1.0), hflip=False, gray_jitter=0.0, erase=1.0)
+    whole = plain.view(image)[0]
+    for _ in range(20):
+        view = erased.view(image)[0]
+        changed = (view != whole).numpy()
+        rows, cols = np.nonzero(changed.any(1))[0], np.nonzero(changed.any(0))[0]
+        box = view[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert torch.all(box == 0)  # the patch is the normalised mean intensity, everything else untouched
+        assert 0.02 * 784 - 1 <= box.numel() <= 0.2 * 784 + 1
+    with pytest.raises(ValueError, match="erase"):
+        TwoViewAugment(28, 1, [MEAN], [STD], erase=1.5)
+
+
 def test_flip_happens_half_the_time(fmnist):
     torch.manual_seed(1)
     image = fmnist.images[0]  # an ankle boot: not mirror-symmetric
