@@ -88,7 +88,7 @@ class TwoViewAugment:
     inputs, their one colour dimension (on Fashion-MNIST, 64 bits, 10 rounds: mAP@1000 0.740
     with 0.8 against 0.687 without; benchmarks/results/fmnist_recipe_pilots.json); blur
     (p=0.5) when ``blur=True``; random erasing of a patch (probability ``erase``) last, on the
-    normalised view, so the patch reads as the dataset's mean intensity.
+    normalised view, so the patch reads as the normalisation's mean intensity.
     """
 
     def __init__(
