@@ -17,8 +17,9 @@ requests in flight of one query each, then of ``--batch`` queries each in each o
 of each ``--bulk-batch`` size in ``arrow``, sent as a bulk client would: the codes' raw bytes to
 ``/search/packed`` (``--bulk-body packed``) or hex in JSON. Every served run records the CPU
 each role spent per query (``cpu_us_per_query``, from ``/proc``: ingress replicas, shard
-replicas, this load generator, everything else), beside ``direct_cpu_us_per_query``: on a
-machine whose cores the served run fills, served over direct cannot pass the ratio of those.
+replicas, this load generator, everything else, whose busiest processes
+``other_cpu_us_per_query`` names), beside ``direct_cpu_us_per_query``: on a machine whose
+cores the served run fills, served over direct cannot pass the ratio of those.
 Requests go to the ingress replicas' own ports when Serve runs direct ingress (the default
 here), spread evenly, else through Serve's proxy; the concurrency-1 row also times the proxy
 path. The load generator is one aiohttp session with a keep-alive connection per request in
@@ -147,10 +148,12 @@ def cpu_seconds() -> dict[int, tuple[str, float]]:
     return out
 
 
-def cpu_by_role(before: dict, after: dict, app: str) -> dict[str, float]:
+def cpu_by_role(before: dict, after: dict, app: str) -> tuple[dict[str, float], dict[str, float]]:
     """CPU seconds spent between two :func:`cpu_seconds` snapshots by the app's ingress replicas,
-    its shard replicas, this process (the load generator) and everything else."""
+    its shard replicas, this process (the load generator) and everything else; and the "else"
+    by process (its command's first two words), the busiest five."""
     roles = dict.fromkeys(("ingress", "shards", "load_generator", "other"), 0.0)
+    other: dict[str, float] = {}
     for pid, (cmd, t) in after.items():
         used = t - before.get(pid, (cmd, 0.0))[1]
         if pid == os.getpid():
@@ -161,7 +164,9 @@ def cpu_by_role(before: dict, after: dict, app: str) -> dict[str, float]:
             roles["shards"] += used
         else:
             roles["other"] += used
-    return roles
+            name = " ".join(os.path.basename(w) for w in cmd.split()[:2])[:60]
+            other[name] = other.get(name, 0.0) + used
+    return roles, dict(sorted(other.items(), key=lambda kv: -kv[1])[:5])
 
 
 async def http_load(urls: list[str], bodies: list[dict], concurrency: int) -> tuple[float, list[float], list]:
@@ -233,14 +238,15 @@ def serve_and_load(index_uri: str, q: np.ndarray, k: int, args, placement: str) 
             asyncio.run(http_load(urls, bodies[: 2 * concurrency], concurrency))  # warm up
             cpu_before = cpu_seconds()
             qps, lat, answers = asyncio.run(http_load(urls, bodies * rounds, concurrency))
-            cpu = cpu_by_role(cpu_before, cpu_seconds(), "bench")
+            cpu, other = cpu_by_role(cpu_before, cpu_seconds(), "bench")
             served_queries = len(bodies) * rounds * per_request
             per_query = [d for a in answers[: len(bodies)] for d in answer_distances(a, fmt)]
             dist = np.array([d + [-1] * (k - len(d)) for d in per_query])
             row = {**common, "concurrency": concurrency, "queries_per_request": per_request, "format": fmt,
                    "request_body": request, "served_qps": qps * per_request, "p50_ms": float(np.percentile(lat, 50)),
                    "p99_ms": float(np.percentile(lat, 99)), "served_distances": dist,
-                   "cpu_us_per_query": {role: 1e6 * t / served_queries for role, t in cpu.items()}}  # fmt: skip
+                   "cpu_us_per_query": {role: 1e6 * t / served_queries for role, t in cpu.items()},
+                   "other_cpu_us_per_query": {name: 1e6 * t / served_queries for name, t in other.items()}}  # fmt: skip
             if concurrency == 1 and direct:
                 _, proxy_lat, _ = asyncio.run(http_load([proxy_url], bodies, 1))
                 row.update(proxy_p50_ms=float(np.percentile(proxy_lat, 50)), proxy_p99_ms=float(np.percentile(proxy_lat, 99)))

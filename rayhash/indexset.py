@@ -243,8 +243,18 @@ def take_ids(ids: pa.Array, positions: np.ndarray) -> pa.Array:
     """``ids`` (strings, or :func:`fixed_width_ids`) at flat ``positions`` as strings, null where a
     position is ``-1`` (a pad): no Python string per id."""
     positions = np.asarray(positions, dtype=np.int64)
-    found = ids.take(pa.array(positions, mask=positions < 0))
-    return found.cast(pa.binary()).cast(pa.large_string()) if pa.types.is_fixed_size_binary(ids.type) else found
+    pads = positions < 0
+    # A mask only where there are pads: Arrow's take is twice as slow with one.
+    found = ids.take(pa.array(positions, mask=pads) if pads.any() else pa.array(positions))
+    if not pa.types.is_fixed_size_binary(ids.type):
+        return found
+    # The gathered bytes are already laid out as strings of one width: give them offsets instead
+    # of casting twice (binary, then large_string), which copied them twice (7% of a served
+    # 1M IVF search's CPU).
+    width = ids.type.byte_width
+    offsets = np.arange(0, (len(positions) + 1) * width, width, dtype=np.int64)
+    validity, data = found.buffers()  # a take's result starts at offset 0
+    return pa.LargeStringArray.from_buffers(len(found), pa.py_buffer(offsets), data, validity, found.null_count)
 
 
 def fixed_width_ids(ids: pa.Array) -> pa.Array:

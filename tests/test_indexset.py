@@ -107,6 +107,8 @@ def test_fixed_width_ids_gather_what_the_strings_give(make_id):
     assert got.type == pa.large_string() and got.equals(indexset.take_ids(ids.slice(100), pos))
     assert got.to_pylist() == [None if p < 0 else make_id(p + 100) for p in pos]
     np.testing.assert_array_equal(indexset.ids_of(fixed, pos.reshape(60, 50)), indexset.ids_of(ids.slice(100), pos.reshape(60, 50)))
+    full = np.abs(pos)  # no pads: the gather skips its mask
+    assert indexset.take_ids(fixed, full).to_pylist() == [make_id(p + 100) for p in full]
 
 
 @pytest.mark.parametrize("values", [["a", "bb"], ["é", "abc"], ["x", None], []])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from rayhash.methods.dsch import MethodConfig
 from rayhash.models import ModelConfig
@@ -32,8 +33,10 @@ class AugmentConfig:
 class OptimConfig:
     lr: float = 5e-4  # Adam, as the released DSCH scripts
     weight_decay: float = 0.0
-    decay: float = 0.99  # staircase: lr *= decay every `decay_every` steps
+    schedule: Literal["step", "cosine"] = "step"
+    decay: float = 0.99  # step: lr *= decay every `decay_every` steps
     decay_every: int = 200
+    min_lr: float = 0.0  # cosine: from lr down to min_lr over all the run's steps
     batch_size: int = 256  # global: split across workers
 
 

@@ -24,7 +24,7 @@ from rayhash.data.splits import Split, protocol_split, random_split
 from rayhash.data.transforms import TwoViewAugment, eval_batch_transform
 from rayhash.methods import HashingMethod, build_method
 from rayhash.models import HashModel, build_model
-from rayhash.train.config import DataConfig, TrainConfig
+from rayhash.train.config import DataConfig, OptimConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,13 @@ def encode_shard(model: HashModel, images: np.ndarray, device: torch.device, bat
     return torch.cat(out)
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
+    """The learning-rate schedule, stepped once per optimizer step."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps), eta_min=cfg.min_lr)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.decay_every, gamma=cfg.decay)
+
+
 def _maybe_chaos_kill(cfg: TrainConfig, round_index: int, marker_dir: str) -> None:
     """Testing hook: the last worker kills itself (SIGKILL, no cleanup) once, in a chosen round."""
     if cfg.run.chaos_kill_at_round != round_index or dist.rank() != dist.world_size() - 1 or dist.world_size() < 2:
@@ -108,7 +115,12 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
     model = build_model(cfg.model).to(device)
     method: HashingMethod = build_method(cfg.method, cfg.model.bits)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.optim.decay_every, gamma=cfg.optim.decay)
+    local_batch = max(2, cfg.optim.batch_size // world)
+    # Every rank runs the same number of steps, or DDP's all-reduce would wait forever.
+    steps = (len(split.train) // world) // local_batch
+    if steps == 0:
+        raise ValueError(f"{len(split.train)} training images cannot fill one batch of {cfg.optim.batch_size}")
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps=cfg.run.rounds * steps)
     start_round, resumes = 0, []
     if resume is not None:
         model.load_state_dict(resume.model)
@@ -125,11 +137,6 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
     augment = TwoViewAugment(spec.image_size, spec.channels, spec.mean, spec.std, crop_scale=tuple(a.crop_scale),
                              hflip=a.hflip, color_jitter=a.color_jitter, grayscale_p=a.grayscale_p,
                              gray_jitter=a.gray_jitter, blur=a.blur, erase=a.erase)
-    local_batch = max(2, cfg.optim.batch_size // world)
-    # Every rank runs the same number of steps, or DDP's all-reduce would wait forever.
-    steps = (len(split.train) // world) // local_batch
-    if steps == 0:
-        raise ValueError(f"{len(split.train)} training images cannot fill one batch of {cfg.optim.batch_size}")
 
     for round_index in range(start_round, cfg.run.rounds):
         t0 = time.perf_counter()
