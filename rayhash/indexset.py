@@ -244,13 +244,14 @@ def take_ids(ids: pa.Array, positions: np.ndarray) -> pa.Array:
     position is ``-1`` (a pad): no Python string per id."""
     positions = np.asarray(positions, dtype=np.int64)
     pads = positions < 0
-    # A mask only where there are pads: Arrow's take is twice as slow with one.
+    # A mask only where there are pads: Arrow's take is slower with one (100k of 1M fixed-width
+    # ids, scratch timings on a loaded machine: 2.9 against 1.2 ms, 5.3 against 4.9).
     found = ids.take(pa.array(positions, mask=pads) if pads.any() else pa.array(positions))
     if not pa.types.is_fixed_size_binary(ids.type):
         return found
     # The gathered bytes are already laid out as strings of one width: give them offsets instead
-    # of casting twice (binary, then large_string), which copied them twice (7% of a served
-    # 1M IVF search's CPU).
+    # of casting twice (binary, then large_string), which copied them twice (the casts were 1.8%
+    # of a served 1M IVF search's samples, the gather with them 7.1%).
     width = ids.type.byte_width
     offsets = np.arange(0, (len(positions) + 1) * width, width, dtype=np.int64)
     validity, data = found.buffers()  # a take's result starts at offset 0
