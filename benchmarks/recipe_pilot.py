@@ -20,7 +20,7 @@ import torch
 from rayhash.config import load
 from rayhash.encoder import ImageEncoder
 from rayhash.evaluate import encode_images
-from rayhash.metrics import _average_precision, map_at_k
+from rayhash.metrics import average_precision, map_at_k
 from rayhash.models import build_model
 from rayhash.train.config import TrainConfig
 from rayhash.train.loop import load_split, run_rounds
@@ -31,7 +31,7 @@ def cosine_map(vectors: torch.Tensor, query_labels: np.ndarray, db_labels: np.nd
     v = torch.nn.functional.normalize(vectors.float(), dim=1)
     nq = len(query_labels)
     top = torch.topk(v[:nq] @ v[nq:].T, k, dim=1).indices.numpy()
-    return round(float(_average_precision(db_labels[top] == query_labels[:, None]).mean()), 4)
+    return round(float(average_precision(db_labels[top] == query_labels[:, None]).mean()), 4)
 
 
 def main() -> None:

@@ -146,7 +146,7 @@ def _ranked_relevance(query_codes, db_codes, query_labels, db_labels, k: int) ->
     return relevant
 
 
-def _average_precision(relevant: np.ndarray) -> np.ndarray:
+def average_precision(relevant: np.ndarray) -> np.ndarray:
     hits = np.cumsum(relevant, axis=1)
     precision = hits / np.arange(1, relevant.shape[1] + 1)
     found = hits[:, -1]
@@ -162,7 +162,7 @@ def map_at_k(
 ) -> float:
     """Mean over queries of AP@k (a query with no relevant item in its first k scores 0)."""
     relevant = _ranked_relevance(query_codes, db_codes, query_labels, db_labels, k)
-    return float(_average_precision(relevant).mean())
+    return float(average_precision(relevant).mean())
 
 
 def _precision_at(relevant: np.ndarray, ns: np.ndarray) -> np.ndarray:
@@ -252,7 +252,7 @@ def evaluate_codes(
     relevant = _ranked_relevance(query_codes, db_codes, query_labels, db_labels, k)
     precision, recall = pr_curve_by_radius(query_codes, db_codes, query_labels, db_labels, nbits)
     return {
-        "map_at_k": float(_average_precision(relevant).mean()),
+        "map_at_k": float(average_precision(relevant).mean()),
         "k": int(k),
         "nbits": int(nbits),
         "n_queries": int(relevant.shape[0]),
