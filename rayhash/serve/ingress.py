@@ -114,6 +114,22 @@ def _arrow(dist: np.ndarray, ids: pa.Array, radius: int | None, meta: dict) -> R
     return Response(sink.getvalue().to_pybytes(), media_type=ARROW_STREAM)
 
 
+def _id_lookup(source: np.ndarray, parts: list[tuple]) -> tuple[np.ndarray, pa.Array]:
+    """Where each merged result's id lies in the shards' answers laid end to end: ``(positions
+    (-1 for pads), those ids as one array)``. ``source`` indexes the parts' columns side by side
+    (:func:`merge_topk`); part p's ids are its rows' ids one row after another."""
+    rows = len(source)
+    widths = np.array([p[1].shape[1] for p in parts])
+    first_col = np.concatenate([[0], np.cumsum(widths)[:-1]])
+    first_id = np.concatenate([[0], np.cumsum(rows * widths)[:-1]])
+    part = np.searchsorted(first_col, np.maximum(source, 0), side="right") - 1
+    pos = first_id[part] + np.arange(rows)[:, None] * widths[part] + (source - first_col[part])
+    ids = [p[2] if p[2].type == pa.large_string() else p[2].cast(pa.large_string()) for p in parts]
+    return np.where(source >= 0, pos, -1), pa.concat_arrays(ids)
+
+
+# Module-level helpers go above this class: serve.deployment pickles it where it is defined,
+# with the module's globals as they are by then.
 @serve.deployment
 @serve.ingress(app)
 class SearchIngress:
@@ -354,14 +370,12 @@ class SearchIngress:
 
         ``ids``: object array (None for pads), or with ``arrow`` one flat Arrow string array
         (null for pads), gathered without making a Python string per result."""
-        dist, keys, ids, failed = await self.fan_out(codes, k)
+        dist, lookup, id_table, failed = await self.fan_out(codes, k)
         if failed and (not partial or len(failed) == self.num_targets):
             raise HTTPException(503, "index unavailable, results would be incomplete: " + "; ".join(map(str, failed))
                                 + ". Retry later, or pass partial=true to accept results from the other shards.")
-        if ids is None:  # indexes held here: look up only the answer's ids, in the form it needs
-            ids = indexset.take_ids(self.local_ids, keys.ravel()) if arrow else indexset.ids_of(self.local_ids, keys)
-        elif arrow:
-            ids = pa.array(ids.ravel().tolist(), pa.large_string())
+        # Only the answer's ids become strings, in the form it needs.
+        ids = indexset.take_ids(id_table, lookup.ravel()) if arrow else indexset.ids_of(id_table, lookup)
         return dist, ids, sorted(f.shard for f in failed)
 
     # Batch sizes count query rows (batch_size_fn), not requests: Serve's start-up warning that
@@ -384,15 +398,18 @@ class SearchIngress:
         parts = [a for a in answers if not isinstance(a, BaseException)]
         if not parts:
             return [(None, None, None, failed)] * len(codes)
-        # Local indexes answer without ids (None): _search looks up the merged top-k's only.
         if len(parts) == 1:  # already sorted by (distance, key)
-            dist, keys, ids = parts[0]
+            dist, keys, _ = parts[0]
+            source = None
         else:
             dist, keys, source = merge_topk([p[:2] for p in parts], k)
-            ids = None
-            if not self.local:
-                all_ids = np.hstack([ids for *_, ids in parts])
-                ids = np.where(source >= 0, np.take_along_axis(all_ids, np.maximum(source, 0), axis=1), None)
+        if self.local:  # the indexes held here answer keys into every id, held here too
+            lookup, id_table = keys, self.local_ids
+        else:
+            if source is None:
+                source = np.where(keys >= 0, np.arange(keys.shape[1]), -1)
+            lookup, id_table = _id_lookup(source, parts)
         # Rows are sorted by (distance, id): the first k' columns of a top-k are the top-k'.
-        return [(dist[lo:hi, :kk], keys[lo:hi, :kk], None if ids is None else ids[lo:hi, :kk], failed)
+        return [(dist[lo:hi, :kk], lookup[lo:hi, :kk], id_table, failed)
                 for lo, hi, kk in zip(rows[:-1], rows[1:], ks)]  # fmt: skip
+

@@ -7,6 +7,11 @@ Concurrent requests are batched into one faiss call (``@serve.batch``): faiss sc
 once per batch whatever the number of queries, so batching is where a busy shard gains its
 throughput. faiss runs in a worker thread (it releases the GIL), keeping the replica's event
 loop free to queue the next batch meanwhile.
+
+Answers carry their ids as one flat Arrow string array, not a Python string per result: a
+1,000-query, k = 100 answer of a 500k-code IVF shard took 17 us a query to gather as Python
+strings, 23 to pickle and 15 to unpickle at the ingress, against 4, 0.8 and 0.4 as Arrow
+(scratch timings on a loaded 2-core machine, beside faiss's 46).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 
 import faiss
 import numpy as np
+import pyarrow as pa
 from ray import serve
 
 from rayhash import indexset
@@ -49,21 +55,27 @@ class IndexShardDeployment:
                  batch_rows: int = 256, batch_wait_s: float = 0.0):
         self.threads = threads
         self.shard = indexset.load_shard(index_uri, shard, nprobe=nprobe)  # raises ChecksumError first
+        self.ids = indexset.fixed_width_ids(self.shard.ids)  # what take_ids gathers fastest
         self.search_batch.set_max_batch_size(batch_rows)
         self.search_batch.set_batch_wait_timeout_s(batch_wait_s)
         logger.info("shard %d of %s: %d items", shard, index_uri, len(self.shard))
 
-    async def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top-k of packed ``codes`` by (distance, id): ``(distances int32, global keys int64, ids object)``."""
+    async def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+        """Top-k of packed ``codes`` by (distance, id): ``(distances int32 (n, k), global keys int64
+        (n, k), ids)``, the ids one Arrow string array of n * k, row by row, null for pads."""
         return await self.search_batch(codes, k)
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0, batch_size_fn=query_rows)
     async def search_batch(self, codes: list[np.ndarray], ks: list[int]) -> list[tuple]:
         rows = np.cumsum([0] + [len(c) for c in codes])
         k = max(ks)
+        dist, keys, _ = await asyncio.to_thread(search_shard, self.shard, np.concatenate(codes), k, self.threads, False)
         # Rows are sorted by (distance, key), so the first k' columns of a top-k are the top-k'.
-        dist, keys, ids = await asyncio.to_thread(search_shard, self.shard, np.concatenate(codes), k, self.threads)
-        return [(dist[lo:hi, :kk], keys[lo:hi, :kk], ids[lo:hi, :kk]) for lo, hi, kk in zip(rows[:-1], rows[1:], ks)]
+        out = []
+        for lo, hi, kk in zip(rows[:-1], rows[1:], ks):
+            d, key = dist[lo:hi, :kk], keys[lo:hi, :kk]
+            out.append((d, key, indexset.take_ids(self.ids, np.where(key >= 0, key - self.shard.offset, -1).ravel())))
+        return out
 
     async def code_of(self, item_id: str) -> np.ndarray | None:
         return self.shard.code_of(item_id)

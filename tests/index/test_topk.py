@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rayhash.codes import hamming
-from rayhash.index.search import _sorted_top, merge_topk, sort_rows, topk
+from rayhash.index.search import _merged_top, _sorted_top, merge_topk, sort_rows, topk
 
 
 def brute_topk(queries, database, k):
@@ -123,3 +123,19 @@ def test_packed_value_sort_equals_the_argsort_merge(seed):
         got_d, got_k = _sorted_top(dist, keys, k)
         np.testing.assert_array_equal(got_d, want_d)
         np.testing.assert_array_equal(got_k, want_k)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_packed_merge_equals_the_argsort_merge_source_included(seed):
+    # merge_topk's packed sort (column in the low bits) against sort_rows: ties, pads with junk
+    # distances, repeated keys (tie broken by column in both), rows shorter than k, and keys
+    # too wide to pack beside the column (2**58: sort_rows itself answers).
+    rng = np.random.default_rng(seed)
+    for _ in range(60):
+        n, cols, k = rng.integers(1, 12), rng.integers(1, 300), rng.integers(1, 320)
+        dist = rng.integers(0, 65, (n, cols)).astype(np.int32)
+        keys = rng.integers(0, 2 ** int(rng.choice([1, 8, 24, 40, 58])), (n, cols)).astype(np.int64)
+        pads = rng.random((n, cols)) < 0.2
+        keys[pads], dist[pads] = -1, rng.integers(-1, 2**31 - 1, int(pads.sum()))
+        for got, want in zip(_merged_top(dist, keys, k), sort_rows(dist, keys, k)):
+            np.testing.assert_array_equal(got, want)
