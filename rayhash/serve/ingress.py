@@ -32,6 +32,7 @@ from starlette.datastructures import UploadFile
 from rayhash import codes as codes_lib
 from rayhash import indexset
 from rayhash.index.search import merge_topk
+from rayhash.serve.answers import ARROW_STREAM, as_arrow, as_columns, as_objects, id_lookup
 from rayhash.serve.shard import query_rows, search_shard, shard_info
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ DECODE_STATUS = {"empty": 400, "too_large": 413, "decompression_bomb": 413, "uns
                  "not_an_image": 422, "truncated": 422, "corrupt": 422}  # fmt: skip
 IMAGE_TYPES = ("multipart/form-data", "application/octet-stream")
 MULTIPART_SLACK = 64 << 10  # boundaries and part headers around an uploaded file
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 app = FastAPI(
     title="rayhash search",
@@ -75,57 +75,6 @@ class ShardUnavailable(Exception):
 def _content_type(request: Request) -> str:
     """The request's media type, lower case, without parameters (boundary, charset)."""
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
-def _results(dist: np.ndarray, ids: np.ndarray) -> list[list[dict]]:
-    return [[{"id": i, "distance": d} for i, d in zip(id_row, d_row) if i is not None]
-            for id_row, d_row in zip(ids.tolist(), dist.tolist())]  # fmt: skip
-
-
-def _columns(dist: np.ndarray, ids: np.ndarray) -> list[dict]:
-    """The same results as :func:`_results`, as one ids list and one distances list per query."""
-    keep = np.not_equal(ids, None)  # pads, and items beyond a radius
-    if keep.all():
-        return [{"ids": i, "distances": d} for i, d in zip(ids.tolist(), dist.tolist())]
-    return [{"ids": i[m].tolist(), "distances": d[m].tolist()} for i, d, m in zip(ids, dist, keep)]
-
-
-def _arrow(dist: np.ndarray, ids: pa.Array, radius: int | None, meta: dict) -> Response:
-    """The results as an Arrow IPC stream: row q holds query q's ``ids`` and ``distances`` lists.
-
-    ``ids`` is flat, one per (query, rank), null for pads; nothing here loops over results in
-    Python, which is what the JSON formats spend most of their time on."""
-    rows, k = dist.shape
-    if ids.null_count == 0 and (radius is None or int(dist.max(initial=0)) <= radius):  # every row full
-        offsets, kept_ids, kept_dist = np.arange(0, rows * k + 1, k, dtype=np.int32), ids, dist.ravel()
-    else:
-        keep = ~np.asarray(ids.is_null()).reshape(dist.shape)
-        if radius is not None:
-            keep &= dist <= radius
-        offsets = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int32)
-        kept_ids, kept_dist = ids.filter(pa.array(keep.ravel())), dist[keep]
-    offsets = pa.array(offsets)
-    table = pa.table({"ids": pa.ListArray.from_arrays(offsets, kept_ids),
-                      "distances": pa.ListArray.from_arrays(offsets, pa.array(kept_dist, pa.int32()))})  # fmt: skip
-    table = table.replace_schema_metadata({"rayhash": orjson.dumps(meta)})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return Response(sink.getvalue().to_pybytes(), media_type=ARROW_STREAM)
-
-
-def _id_lookup(source: np.ndarray, parts: list[tuple]) -> tuple[np.ndarray, pa.Array]:
-    """Where each merged result's id lies in the shards' answers laid end to end: ``(positions
-    (-1 for pads), those ids as one array)``. ``source`` indexes the parts' columns side by side
-    (:func:`merge_topk`); part p's ids are its rows' ids one row after another."""
-    rows = len(source)
-    widths = np.array([p[1].shape[1] for p in parts])
-    first_col = np.concatenate([[0], np.cumsum(widths)[:-1]])
-    first_id = np.concatenate([[0], np.cumsum(rows * widths)[:-1]])
-    part = np.searchsorted(first_col, np.maximum(source, 0), side="right") - 1
-    pos = first_id[part] + np.arange(rows)[:, None] * widths[part] + (source - first_col[part])
-    ids = [p[2] if p[2].type == pa.large_string() else p[2].cast(pa.large_string()) for p in parts]
-    return np.where(source >= 0, pos, -1), pa.concat_arrays(ids)
 
 
 # Module-level helpers go above this class: serve.deployment pickles it where it is defined,
@@ -228,7 +177,7 @@ class SearchIngress:
         if code is None:
             raise HTTPException(DECODE_STATUS.get(reason, 422), f"not a usable image: {message}")
         dist, ids, missing = await self._search(code[None, :], k, partial)
-        return self._answer({"code": codes_lib.to_hex(code[None, :])[0], "results": _results(dist, ids)[0], "k": k},
+        return self._answer({"code": codes_lib.to_hex(code[None, :])[0], "results": as_objects(dist, ids)[0], "k": k},
                             missing)  # fmt: skip
 
     @app.get("/items/{item_id:path}/neighbors", summary="k nearest items of an indexed item (itself excluded)")
@@ -246,7 +195,7 @@ class SearchIngress:
         keep = ids[0] != item_id
         dist, ids = dist[:, keep][:, :k], ids[:, keep][:, :k]
         return self._answer({"id": item_id, "code": codes_lib.to_hex(codes[0][None, :])[0],
-                             "results": _results(dist, ids)[0], "k": k}, missing)  # fmt: skip
+                             "results": as_objects(dist, ids)[0], "k": k}, missing)  # fmt: skip
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -268,10 +217,10 @@ class SearchIngress:
         dist, ids, missing = await self._search(packed, k, partial, arrow=arrow)
         if arrow:
             meta = {"k": k, "radius": radius, "partial": bool(missing), "missing_shards": missing}
-            return _arrow(dist, ids, radius, meta)
+            return as_arrow(dist, ids, radius, meta)
         if radius is not None:
             ids = np.where(dist <= radius, ids, None)
-        results = _columns(dist, ids) if fmt == "columns" else _results(dist, ids)
+        results = as_columns(dist, ids) if fmt == "columns" else as_objects(dist, ids)
         return self._answer({"results": results, "k": k, "radius": radius}, missing)
 
     @staticmethod
@@ -408,7 +357,7 @@ class SearchIngress:
         else:
             if source is None:
                 source = np.where(keys >= 0, np.arange(keys.shape[1]), -1)
-            lookup, id_table = _id_lookup(source, parts)
+            lookup, id_table = id_lookup(source, parts)
         # Rows are sorted by (distance, id): the first k' columns of a top-k are the top-k'.
         return [(dist[lo:hi, :kk], lookup[lo:hi, :kk], id_table, failed)
                 for lo, hi, kk in zip(rows[:-1], rows[1:], ks)]  # fmt: skip

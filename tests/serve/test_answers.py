@@ -1,6 +1,5 @@
-"""The ingress's merge of shard deployments' answers, in one process: every merged result's id
-found from the shards' flat Arrow ids equals brute force's (no Ray, no HTTP; the served path is
-tests/serve/test_search_service.py)."""
+"""rayhash.serve.answers in one process: every merged result's id, found by id_lookup in the
+shards' flat Arrow ids, equals brute force's (the served path is tests/serve/test_search_service.py)."""
 
 import faiss
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 from rayhash import indexset
 from rayhash.codes import hamming
 from rayhash.index.search import merge_topk, topk
-from rayhash.serve.ingress import _id_lookup
+from rayhash.serve.answers import id_lookup
 
 
 @pytest.mark.parametrize("k", [1, 9, 40, 700])
@@ -31,7 +30,7 @@ def test_merged_ids_equal_brute_force(k):
         shard_ids = indexset.fixed_width_ids(pa.array(list(ids[lo:hi]), pa.string()))
         parts.append((d, np.where(pos >= 0, pos + lo, -1), indexset.take_ids(shard_ids, pos.ravel())))
     dist, keys, source = merge_topk([p[:2] for p in parts], k)
-    lookup, table = _id_lookup(source, parts)
+    lookup, table = id_lookup(source, parts)
     got = indexset.ids_of(table, lookup)
 
     full = hamming(q, db)
