@@ -48,11 +48,17 @@ def sort_rows(distances: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarr
     out_d = np.take_along_axis(distances, order, axis=1).astype(np.int32)
     out_k = np.take_along_axis(keys, order, axis=1).astype(np.int64)
     out_d[pad], out_k[pad], order[pad] = PAD, PAD, PAD
-    short = k - order.shape[1]  # fewer candidates than k in total
-    if short > 0:
-        fill = np.full((len(order), short), PAD, dtype=np.int64)
-        out_d, out_k, order = np.hstack([out_d, fill.astype(np.int32)]), np.hstack([out_k, fill]), np.hstack([order, fill])
-    return out_d, out_k, order
+    return _pad_to(k, out_d, out_k, order)
+
+
+def _pad_to(k: int, distances: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``distances`` (int32) and int64 ``columns`` of the same rows, padded with PAD to ``k``
+    columns where there were fewer candidates than ``k`` in total."""
+    short = k - distances.shape[1]
+    if short <= 0:
+        return (distances, *columns)
+    fill = np.full((len(distances), short), PAD, dtype=np.int64)
+    return (np.hstack([distances, fill.astype(np.int32)]), *(np.hstack([c, fill]) for c in columns))
 
 
 def _sorted_top(distances: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,11 +76,7 @@ def _sorted_top(distances: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.nda
     out_d = (packed >> shift).astype(np.int32)
     out_k = packed & ((1 << shift) - 1)
     out_d[pad], out_k[pad] = PAD, PAD
-    short = k - packed.shape[1]
-    if short > 0:
-        out_d = np.hstack([out_d, np.full((len(out_d), short), PAD, dtype=np.int32)])
-        out_k = np.hstack([out_k, np.full((len(out_k), short), PAD, dtype=np.int64)])
-    return out_d, out_k
+    return _pad_to(k, out_d, out_k)
 
 
 def is_exact(index) -> bool:
@@ -134,8 +136,4 @@ def _merged_top(distances: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.nda
     out_k = (packed >> col_bits) & ((1 << key_bits) - 1)
     source = packed & ((1 << col_bits) - 1)
     out_d[pad], out_k[pad], source[pad] = PAD, PAD, PAD
-    short = k - packed.shape[1]  # fewer candidates than k in total
-    if short > 0:
-        fill = np.full((len(packed), short), PAD, dtype=np.int64)
-        out_d, out_k, source = np.hstack([out_d, fill.astype(np.int32)]), np.hstack([out_k, fill]), np.hstack([source, fill])
-    return out_d, out_k, source
+    return _pad_to(k, out_d, out_k, source)

@@ -109,33 +109,23 @@ def test_bad_k_and_empty_inputs():
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_packed_value_sort_equals_the_argsort_merge(seed):
-    # topk's fast path against sort_rows (the merge's argsort) on random rows: ties, pads
-    # (with the junk distances faiss puts beside them), rows shorter than k, keys up to 2**40.
-    rng = np.random.default_rng(seed)
-    for _ in range(60):
-        n, cols, k = rng.integers(1, 12), rng.integers(1, 40), rng.integers(1, 50)
-        dist = rng.integers(0, 65, (n, cols)).astype(np.int32)
-        keys = rng.integers(0, 2 ** int(rng.integers(1, 41)), (n, cols)).astype(np.int64)
-        pads = rng.random((n, cols)) < 0.2
-        keys[pads], dist[pads] = -1, rng.integers(-1, 2**31 - 1, int(pads.sum()))
-        want_d, want_k, _ = sort_rows(dist, keys, k)
-        got_d, got_k = _sorted_top(dist, keys, k)
-        np.testing.assert_array_equal(got_d, want_d)
-        np.testing.assert_array_equal(got_k, want_k)
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_packed_merge_equals_the_argsort_merge_source_included(seed):
-    # merge_topk's packed sort (column in the low bits) against sort_rows: ties, pads with junk
-    # distances, repeated keys (tie broken by column in both), rows shorter than k, and keys
-    # too wide to pack beside the column (2**58: sort_rows itself answers).
+def test_packed_value_sorts_equal_the_argsort_merge(seed):
+    # topk's fast path (_sorted_top) and merge_topk's (_merged_top, the column in the low bits, for
+    # source) against sort_rows on random rows: ties, pads with the junk distances faiss puts
+    # beside them, repeated keys (tie broken by column in both), rows shorter than k; keys up to
+    # 2**40 for both, and up to 2**58 for the merge, too wide to pack beside the column (where
+    # sort_rows itself answers).
     rng = np.random.default_rng(seed)
     for _ in range(60):
         n, cols, k = rng.integers(1, 12), rng.integers(1, 300), rng.integers(1, 320)
+        key_bits = int(rng.choice([1, 8, 24, 40, 58]))
         dist = rng.integers(0, 65, (n, cols)).astype(np.int32)
-        keys = rng.integers(0, 2 ** int(rng.choice([1, 8, 24, 40, 58])), (n, cols)).astype(np.int64)
+        keys = rng.integers(0, 2**key_bits, (n, cols)).astype(np.int64)
         pads = rng.random((n, cols)) < 0.2
         keys[pads], dist[pads] = -1, rng.integers(-1, 2**31 - 1, int(pads.sum()))
-        for got, want in zip(_merged_top(dist, keys, k), sort_rows(dist, keys, k)):
-            np.testing.assert_array_equal(got, want)
+        want = sort_rows(dist, keys, k)
+        for got, expected in zip(_merged_top(dist, keys, k), want):
+            np.testing.assert_array_equal(got, expected)
+        if key_bits <= 40:
+            for got, expected in zip(_sorted_top(dist, keys, k), want[:2]):
+                np.testing.assert_array_equal(got, expected)
