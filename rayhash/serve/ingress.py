@@ -290,7 +290,7 @@ class SearchIngress:
             return getattr(self.shards[i], method).remote(*args)
         shard = self.local[i]
         if method == "search":
-            return asyncio.to_thread(search_shard, shard, *args, self.threads, False)
+            return asyncio.to_thread(search_shard, shard, *args, self.threads)
         if method == "code_of":
             return asyncio.to_thread(shard.code_of, *args)
         return asyncio.to_thread(shard_info, shard)
@@ -348,7 +348,7 @@ class SearchIngress:
         if not parts:
             return [(None, None, None, failed)] * len(codes)
         if len(parts) == 1:  # already sorted by (distance, key)
-            dist, keys, _ = parts[0]
+            dist, keys = parts[0][:2]
             source = None
         else:
             dist, keys, source = merge_topk([p[:2] for p in parts], k)

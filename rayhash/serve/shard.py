@@ -34,15 +34,13 @@ def query_rows(codes: list[np.ndarray]) -> int:
     return sum(len(c) for c in codes)
 
 
-def search_shard(shard: indexset.IndexShard, codes: np.ndarray, k: int, threads: int, with_ids: bool = True) -> tuple:
-    """``shard.search_keys`` with ``threads`` OpenMP threads; call it in the thread that searches.
-
-    ``with_ids=False`` leaves the ids out (``None``): a caller holding every shard looks up only
-    the ids that survive the merge, half the lookups of two shards' top-k.
-    """
+def search_shard(shard: indexset.IndexShard, codes: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(distances, global keys)`` of ``shard.search_keys`` with ``threads`` OpenMP threads; call
+    it in the thread that searches. No ids: both callers look up only the ids they answer with
+    (after the merge, or one request's slice)."""
     # OpenMP's thread count belongs to the calling thread: set it in the worker thread itself.
     faiss.omp_set_num_threads(threads)
-    return shard.search_keys(codes, k, with_ids=with_ids)
+    return shard.search_keys(codes, k, with_ids=False)[:2]
 
 
 def shard_info(shard: indexset.IndexShard) -> dict:
@@ -69,7 +67,7 @@ class IndexShardDeployment:
     async def search_batch(self, codes: list[np.ndarray], ks: list[int]) -> list[tuple]:
         rows = np.cumsum([0] + [len(c) for c in codes])
         k = max(ks)
-        dist, keys, _ = await asyncio.to_thread(search_shard, self.shard, np.concatenate(codes), k, self.threads, False)
+        dist, keys = await asyncio.to_thread(search_shard, self.shard, np.concatenate(codes), k, self.threads)
         # Rows are sorted by (distance, key), so the first k' columns of a top-k are the top-k'.
         out = []
         for lo, hi, kk in zip(rows[:-1], rows[1:], ks):
