@@ -179,11 +179,9 @@ def main() -> None:
                  "(details.torch_loop_images_per_s_by_threads, runs before and after the Ray jobs). "
                  "Codes from both sides are checked equal.",
     }  # fmt: skip
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    print(json.dumps(result, indent=1))
+    text = json.dumps(result, indent=1) + "\n"
+    storage.write_text_atomic(args.out, text)  # a stopped run leaves the last complete file
+    print(text, end="")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ class _FeatureBlocks:
     def __init__(self, xs: torch.Tensor, m: int, covariance_type: str, chunk_rows: int | None):
         self.xs, self.covariance_type = xs, covariance_type
         self.n_features = _n_second_order(xs.shape[1], covariance_type) + xs.shape[1] + 1
-        self.step = block_rows(m + self.n_features, chunk_rows)
+        self.step = block_rows(m + self.n_features, chunk_rows, xs.device)
         self.cache = list(self._compute()) if len(xs) * self.n_features <= _CACHE_ELEMENTS else None
 
     def _compute(self) -> Iterator[tuple[int, torch.Tensor]]:
@@ -241,7 +241,7 @@ def _log_prob_blocks(x: torch.Tensor, state: GMMState, chunk_rows: int | None) -
     shift = weights @ means
     cov_type = state.covariance_type
     log_density = _log_density_weights(means - shift, state.covariances.to(means), weights, cov_type)
-    step = block_rows(len(weights) + len(log_density), chunk_rows)
+    step = block_rows(len(weights) + len(log_density), chunk_rows, x.device)
     for start in range(0, len(x), step):
         xb = x[start : start + step].to(torch.float64) - shift
         yield start, _features(xb, cov_type) @ log_density
