@@ -105,14 +105,12 @@ class IndexShard:
         dist, pos = topk(self.index, self._check(codes), k)
         return dist, self.ids_of(pos)
 
-    def search_keys(self, codes: np.ndarray, k: int, with_ids: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Top-k as ``(distances, global keys, ids)``: the keys are what :func:`rayhash.index.search.merge_topk`
+    def search_keys(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k as ``(distances, global keys)``: the keys are what :func:`rayhash.index.search.merge_topk`
         orders ties by across shards (offset + position, in id order by the module's invariant).
-
-        ``with_ids=False`` leaves the ids out (``None``), for a caller that looks up only the ids
-        surviving a merge of several shards."""
+        No ids: callers look up only the ids they answer with, after the merge."""
         dist, pos = topk(self.index, self._check(codes), k)
-        return dist, np.where(pos >= 0, pos + self.offset, PAD), self.ids_of(pos) if with_ids else None
+        return dist, np.where(pos >= 0, pos + self.offset, PAD)
 
     def range_search(self, codes: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Every item within Hamming distance ``radius`` (inclusive) of each query, sorted by (distance, id)."""

@@ -87,7 +87,7 @@ def test_shared_ids_find_a_merged_top_k(tied_codeset, tmp_path):
     all_ids = indexset.shared_ids(shards)
     assert all_ids.to_pylist() == sorted(ids)
     q = np.random.default_rng(3).integers(0, 256, (25, 2), dtype=np.uint8)
-    dist, keys, _ = merge_topk([s.search_keys(q, 120, with_ids=False)[:2] for s in shards], 120)
+    dist, keys, _ = merge_topk([s.search_keys(q, 120) for s in shards], 120)
     ref_d, ref_ids = brute_force(q, ids, codes, 120)  # far past the ties at every k-th distance
     np.testing.assert_array_equal(dist, ref_d)
     np.testing.assert_array_equal(indexset.ids_of(all_ids, keys), ref_ids)
@@ -121,10 +121,10 @@ def test_merged_ivf_shards_probe_the_same_lists_as_the_shards(tied_codeset, tmp_
     cs_uri, ids, codes = tied_codeset
     m = build_index_set(cs_uri, str(tmp_path / "ix"), num_shards=3, kind="ivf", nlist=8, nprobe=2)
     q = np.random.default_rng(4).integers(0, 256, (25, 2), dtype=np.uint8)
-    parts = [indexset.load_shard(m, i).search_keys(q, 60, with_ids=False)[:2] for i in range(3)]
+    parts = [indexset.load_shard(m, i).search_keys(q, 60) for i in range(3)]
     sharded_d, _, _ = merge_topk(parts, 60)
     merged = indexset.merge_shards([indexset.load_shard(m, i) for i in range(3)])
-    dist, keys, _ = merged.search_keys(q, 60, with_ids=False)
+    dist, keys = merged.search_keys(q, 60)
     # The same items are scanned, so the same distances; ties at the k-th may cut differently.
     np.testing.assert_array_equal(dist, sharded_d)
     # Each key's id is the item at the distance reported (checked against the code set, not faiss).

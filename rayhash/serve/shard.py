@@ -40,7 +40,7 @@ def search_shard(shard: indexset.IndexShard, codes: np.ndarray, k: int, threads:
     (after the merge, or one request's slice)."""
     # OpenMP's thread count belongs to the calling thread: set it in the worker thread itself.
     faiss.omp_set_num_threads(threads)
-    return shard.search_keys(codes, k, with_ids=False)[:2]
+    return shard.search_keys(codes, k)
 
 
 def shard_info(shard: indexset.IndexShard) -> dict:

@@ -24,7 +24,7 @@ def write_codes(uri, ids, codes, nbits):
 def search_index_set(m, q, k, nprobe=None):
     """Every shard's exact top-k, merged as the Serve ingress does: (distances, ids)."""
     shards = [indexset.load_shard(m, i, nprobe=nprobe) for i in range(len(m.shards))]
-    parts = [s.search_keys(q, k)[:2] for s in shards]
+    parts = [s.search_keys(q, k) for s in shards]
     dist, keys, _ = merge_topk(parts, k)
     all_ids = np.concatenate([np.asarray(s.ids, dtype=object) for s in shards])
     return dist, np.where(keys >= 0, all_ids[np.maximum(keys, 0)], None)

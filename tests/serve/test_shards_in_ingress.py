@@ -123,7 +123,7 @@ def test_ivf_served_answers_what_its_shards_find(ray_cluster, corpus, tmp_path, 
 
     ivf = build_index_set(corpus.index.codeset_uri, str(tmp_path / "ivf"), num_shards=2, kind="ivf", nlist=16, nprobe=4)
     q = queries(corpus, n=30, seed=8)
-    parts = [indexset.load_shard(ivf, i).search_keys(q, 40, with_ids=False)[:2] for i in range(2)]
+    parts = [indexset.load_shard(ivf, i).search_keys(q, 40) for i in range(2)]
     want_d, _, _ = merge_topk(parts, 40)
     name = f"rayhash-ivf-{'ingress' if in_ingress else 'deployments'}"
     try:
