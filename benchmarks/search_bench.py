@@ -47,6 +47,7 @@ import orjson
 import pyarrow as pa
 
 from rayhash import codes as codes_lib
+from rayhash import storage
 from rayhash.baselines import ITQ
 from rayhash.codeset import write_codeset
 from rayhash.data import load_fashion_mnist, protocol_split
@@ -384,7 +385,8 @@ def main() -> int:
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         rows += bench_size(n, args, work)
-        Path(args.out).write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "rows": rows}, indent=1) + "\n")
+        text = json.dumps({"command": " ".join(["python", *sys.argv]), "rows": rows}, indent=1) + "\n"
+        storage.write_text_atomic(args.out, text)  # a stopped run leaves the last complete file
     return 0
 
 
