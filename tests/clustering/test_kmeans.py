@@ -6,6 +6,7 @@ from sklearn.datasets import make_blobs
 
 from rayhash import dist
 from rayhash.clustering import kmeans, kmeans_plusplus
+from rayhash.clustering.kmeans import assign
 
 
 def _blobs(n=2000, d=5, centers=6, seed=0):
@@ -34,6 +35,25 @@ def test_blocks_do_not_change_the_result():
     whole, blocked = kmeans(x, 6, seed=3), kmeans(x, 6, seed=3, chunk_rows=64)
     assert torch.equal(whole.labels, blocked.labels)
     torch.testing.assert_close(whole.centers, blocked.centers, rtol=0, atol=1e-6)
+
+
+def test_assign_breaks_near_ties_as_float64_does():
+    # Rows a hair off the bisector of two centres (gaps far below float32's resolution at this
+    # scale), among other centres: the float32 products must hand them to float64.
+    rng = np.random.default_rng(0)
+    d = 64
+    centers = rng.normal(0, 10, (50, d))
+    a, b = centers[0], centers[1]
+    unit = (b - a) / np.linalg.norm(b - a)
+    offsets = rng.choice([-1, 1], 400) * rng.uniform(1e-9, 1e-6, 400) * np.linalg.norm(b - a)
+    rows = (a + b) / 2 + offsets[:, None] * unit + rng.normal(0, 1e-3, (400, d)) @ np.eye(d)
+    rows -= ((rows - (a + b) / 2) @ unit - offsets)[:, None] * unit  # back onto the chosen offsets
+    x = np.vstack([rows, rng.normal(0, 10, (600, d))])
+    labels, d2 = assign(torch.from_numpy(x), torch.from_numpy(centers), chunk_rows=96)
+    ref = ((x[:, None, :] - centers[None]) ** 2).sum(-1)
+    assert set(labels[:400].tolist()) <= {0, 1} and len(set(labels[:400].tolist())) == 2
+    np.testing.assert_array_equal(labels.numpy(), ref.argmin(1))
+    np.testing.assert_allclose(d2.numpy(), ref.min(1), rtol=1e-12)
 
 
 def test_plusplus_seeds_are_data_points_and_spread():
