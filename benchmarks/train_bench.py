@@ -43,13 +43,13 @@ logger = logging.getLogger("train_bench")
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fmnist-dsch-64.yaml")
 
 
-def train_config(rounds: int, threads: int, workers: int, storage: str, name: str):
+def train_config(rounds: int, threads: int, workers: int, storage_path: str, name: str):
     from rayhash.config import load
     from rayhash.train.config import TrainConfig
 
     return load(TrainConfig, CONFIG, [f"--run.rounds={rounds}", f"--run.torch_threads={threads}",
                                       f"--run.num_workers={workers}", f"--run.cpus_per_worker={threads}",
-                                      f"--run.storage_path={storage}", f"--run.name={name}"])  # fmt: skip
+                                      f"--run.storage_path={storage_path}", f"--run.name={name}"])  # fmt: skip
 
 
 def round_figures(metrics: dict, wall: float | None = None) -> dict:
@@ -60,13 +60,13 @@ def round_figures(metrics: dict, wall: float | None = None) -> dict:
     return out
 
 
-def plain_run(rounds: int, threads: int, storage: str) -> tuple[dict, dict]:
+def plain_run(rounds: int, threads: int, storage_path: str) -> tuple[dict, dict]:
     """The loop in this process; returns (the last round's figures, its model state dict)."""
     import torch
 
     from rayhash.train.loop import run_rounds
 
-    cfg = train_config(rounds, threads, 1, storage, f"plain-{threads}")
+    cfg = train_config(rounds, threads, 1, storage_path, f"plain-{threads}")
     last: dict = {}
 
     def report(metrics: dict, payload: dict | None) -> None:
@@ -81,10 +81,10 @@ def plain_run(rounds: int, threads: int, storage: str) -> tuple[dict, dict]:
     return round_figures(last["metrics"], time.perf_counter() - t0), last["model"]
 
 
-def ray_run(rounds: int, threads: int, workers: int, storage: str) -> dict:
+def ray_run(rounds: int, threads: int, workers: int, storage_path: str) -> dict:
     from rayhash.train.trainer import run_training
 
-    cfg = train_config(rounds, threads, workers, storage, f"ray-{workers}x{threads}-{int(time.time())}")
+    cfg = train_config(rounds, threads, workers, storage_path, f"ray-{workers}x{threads}-{int(time.time())}")
     t0 = time.perf_counter()
     result = run_training(cfg)
     return round_figures(result.metrics, time.perf_counter() - t0)

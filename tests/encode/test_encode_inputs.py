@@ -138,11 +138,11 @@ def test_encoder_actor_decodes_or_takes_decoded_batches(fmnist_lake, tiny_checkp
     from rayhash.encoder import ImageEncoder
 
     items = inputs.plan(_cfg(input=fmnist_lake.root, extensions=()))
-    load = dict(max_bytes=1 << 20, max_pixels=fmnist_lake.max_pixels, mode="L")
+    decode = dict(max_bytes=1 << 20, max_pixels=fmnist_lake.max_pixels, mode="L")
     sha = ImageEncoder.from_checkpoint(tiny_checkpoint).checkpoint_sha256
     kw = dict(batch_size=64, use_gpu=False, torch_threads=0)
-    fused = EncodeImages(tiny_checkpoint, sha, load=load, **kw)(items)
-    split = EncodeImages(tiny_checkpoint, sha, **kw)(inputs.load_images(items, **load))
+    fused = EncodeImages(tiny_checkpoint, sha, load=decode, **kw)(items)
+    split = EncodeImages(tiny_checkpoint, sha, **kw)(inputs.load_images(items, **decode))
     assert fused.equals(split) and fused.num_rows == len(fmnist_lake.good) + len(fmnist_lake.bad)
     rejected = {r["id"]: r["reason"] for r in fused.to_pylist() if r["code"] is None}
     assert rejected == fmnist_lake.bad
