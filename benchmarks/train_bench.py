@@ -126,7 +126,8 @@ def kmeans_rows(x_t, m: int, iterations: int, seed: int) -> dict:
     """k-means++ seeding, then at most ``iterations`` Lloyd steps from the same seeds on every side
     (no tolerance), so the inertias should agree. scikit-learn and rayhash stop early once no
     label changes (a zero centre shift) and faiss always runs them all, so the sides compare by
-    seconds per iteration."""
+    seconds per iteration (rayhash's total also holds the labelling pass after its loop, about one
+    iteration's work)."""
     import faiss
     from sklearn.cluster import KMeans, kmeans_plusplus as sk_plusplus
 
