@@ -17,17 +17,15 @@ rate is reported apart. Index build: a 1M-code code set made from the encoded co
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
-import shlex
-import sys
 import time
 
 import numpy as np
 
 from rayhash import codeset, storage
+from results_io import command_line, write_result
 
 logger = logging.getLogger("encode_bench")
 
@@ -160,7 +158,7 @@ def main() -> None:
            "torch_loop_images_per_s": round(torch_rate, 1), "ratio": round(ray_rate / torch_rate, 3),
            "index_build_s_per_million": round(index_build(codes, args.workdir, args.threads), 3)}  # fmt: skip
     result = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": command_line(),
         "rows": [row],
         "details": {
             "torch_loop_images_per_s_by_threads": {t: [round(x, 1) for x in r] for t, r in loop_runs.items()},
@@ -179,9 +177,7 @@ def main() -> None:
                  "(details.torch_loop_images_per_s_by_threads, runs before and after the Ray jobs). "
                  "Codes from both sides are checked equal.",
     }  # fmt: skip
-    text = json.dumps(result, indent=1) + "\n"
-    storage.write_text_atomic(args.out, text)  # a stopped run leaves the last complete file
-    print(text, end="")
+    print(write_result(args.out, result), end="")
 
 
 if __name__ == "__main__":

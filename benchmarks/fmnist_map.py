@@ -20,6 +20,8 @@ import shlex
 import sys
 import time
 
+from results_io import write_result
+
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "fmnist_map.json")
 
 
@@ -38,11 +40,7 @@ def load_rows() -> list[dict]:
 
 
 def save_rows(rows: list[dict], command: str) -> None:
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    tmp = f"{RESULTS}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({"protocol": "fmnist-1k", "command": command, "rows": rows}, f, indent=1)
-    os.replace(tmp, RESULTS)
+    write_result(RESULTS, {"protocol": "fmnist-1k", "command": command, "rows": rows})
 
 
 def run_deep(method: str, bits: int, seed: int, overrides: list[str], storage: str) -> dict:

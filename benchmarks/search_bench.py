@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -47,12 +46,12 @@ import orjson
 import pyarrow as pa
 
 from rayhash import codes as codes_lib
-from rayhash import storage
 from rayhash.baselines import ITQ
 from rayhash.codeset import write_codeset
 from rayhash.data import load_fashion_mnist, protocol_split
 from rayhash.index import build_index_set, topk
 from rayhash.index.build import ivf_template
+from results_io import command_line, write_result
 
 logger = logging.getLogger("search_bench")
 FLIP = 0.06
@@ -385,8 +384,7 @@ def main() -> int:
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         rows += bench_size(n, args, work)
-        text = json.dumps({"command": " ".join(["python", *sys.argv]), "rows": rows}, indent=1) + "\n"
-        storage.write_text_atomic(args.out, text)  # a stopped run leaves the last complete file
+        write_result(args.out, {"command": command_line(), "rows": rows})
     return 0
 
 

@@ -26,18 +26,15 @@ each fit's quality (mean log-likelihood, k-means inertia) beside its time.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
-import shlex
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-from rayhash import storage
+from results_io import command_line, write_result
 
 logger = logging.getLogger("train_bench")
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fmnist-dsch-64.yaml")
@@ -243,7 +240,7 @@ def main() -> None:
     cluster = clustering(codes, method, args.threads, args.seed)
     load_after = os.getloadavg()[0]
     result = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": command_line(),
         "config": "configs/fmnist-dsch-64.yaml (tiny_cnn, 64 bits, batch 64, 1,000/100 components, diag)",
         "training": runs,
         "clustering": cluster,
@@ -254,9 +251,7 @@ def main() -> None:
                  "per sample, augmentation in the loop) and its E-step seconds; samples_per_second_over_plain "
                  "is against the faster plain run. Clustering runs with the same thread count on every side.",
     }  # fmt: skip
-    text = json.dumps(result, indent=1) + "\n"
-    storage.write_text_atomic(args.out, text)  # a stopped run leaves the last complete file
-    print(text, end="")
+    print(write_result(args.out, result), end="")
 
 
 if __name__ == "__main__":
