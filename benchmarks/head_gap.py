@@ -1,0 +1,107 @@
+"""Where a trained model loses retrieval quality: backbone features -> hash head -> sign.
+
+    python benchmarks/head_gap.py CHECKPOINT [CHECKPOINT ...] --out benchmarks/results/fmnist_head_gap.json
+
+For each checkpoint, on the Fashion-MNIST protocol (PROTOCOL.md), mAP@1000 of:
+
+- ``binary``: the model's codes by Hamming distance (what ``rayhash eval`` reports);
+- ``float``: the continuous codes ``tanh(head(f))`` by cosine: binarisation's share is float - binary;
+- ``features``: the backbone's features ``f`` by cosine: the hash head's share is features - float;
+- ``itq_on_features``: ITQ (PCA + rotation, fitted on the 5,000 training images, no labels) on the
+  L2-normalised features, as a yardstick of what a linear 64-bit hash of these features reaches;
+- ``head_rotated``: the model's head pre-activations turned by an ITQ rotation fitted on the
+  training images (the head stays one linear layer), i.e. what a better-placed sign could recover.
+
+Diagnostics only: none of these codes is DSCH's, and rayhash ships none of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from results_io import command_line, write_result
+from rayhash import codes
+from rayhash.baselines import create_baseline
+from rayhash.checkpoint import load as load_checkpoint
+from rayhash.config import from_dict
+from rayhash.encoder import ImageEncoder
+from rayhash.metrics import average_precision, map_at_k
+from rayhash.train.config import DataConfig
+from rayhash.train.loop import load_split
+
+
+def cosine_map(vectors: torch.Tensor, query_labels: np.ndarray, db_labels: np.ndarray, k: int = 1000) -> float:
+    """mAP@k of a float ranking by cosine similarity; ``vectors`` holds the queries, then the database."""
+    v = F.normalize(vectors.float(), dim=1)
+    nq = len(query_labels)
+    top = torch.topk(v[:nq] @ v[nq:].T, k, dim=1).indices.numpy()
+    return float(average_precision(db_labels[top] == query_labels[:, None]).mean())
+
+
+@torch.inference_mode()
+def features_and_preactivations(encoder: ImageEncoder, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    model = encoder.model.eval()
+    batch = encoder.preprocess(images)
+    feats = torch.cat([model.backbone(batch[i:i + 1024]) for i in range(0, len(batch), 1024)])
+    return feats, model.head(feats)
+
+
+def head_gap(uri: str, seed: int = 0) -> dict:
+    ckpt = load_checkpoint(uri)
+    data, split = load_split(from_dict(DataConfig, ckpt.config["data"]))
+    encoder = ImageEncoder.from_checkpoint(uri)
+    positions = np.concatenate([split.query, split.database])
+    nq, nbits = len(split.query), encoder.nbits
+    ql, dl = data.labels[split.query], data.labels[split.database]
+
+    def hamming_map(bits: np.ndarray) -> float:
+        packed = codes.pack(bits)
+        return float(map_at_k(packed[:nq], packed[nq:], ql, dl, 1000))
+
+    feats, pre = features_and_preactivations(encoder, data.images[positions])
+    train_feats, train_pre = features_and_preactivations(encoder, data.images[split.train])
+    unit = F.normalize(feats, dim=1).numpy()
+    itq_feat = create_baseline("itq").fit(F.normalize(train_feats, dim=1).numpy(), nbits, seed=seed)
+    itq_head = create_baseline("itq").fit(train_pre.numpy(), nbits, seed=seed)
+    return {
+        "checkpoint": ckpt.uri, "checkpoint_sha256": ckpt.sha256, "round": ckpt.progress.get("round"),
+        "method": ckpt.config["method"]["name"], "ablation": ckpt.config["method"].get("ablation"),
+        "seed": ckpt.config["run"].get("seed"), "bits": nbits, "train_images": len(split.train),
+        "map_at_1000": {
+            "binary": hamming_map(pre.numpy() > 0),
+            "float": cosine_map(torch.tanh(pre), ql, dl),
+            "features": cosine_map(feats, ql, dl),
+            "itq_on_features": hamming_map(itq_feat.encode(unit)),
+            "head_rotated": hamming_map(itq_head.encode(pre.numpy())),
+        },
+    }  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--out", default="benchmarks/results/fmnist_head_gap.json")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for uri in args.checkpoints:
+        rows.append(head_gap(uri))
+        print({k: round(v, 4) for k, v in rows[-1]["map_at_1000"].items()}, flush=True)
+    # Mean over the checkpoints (seeds) of each round: rows of different rounds are not averaged.
+    means = {}
+    for r in sorted({row["round"] for row in rows}, key=lambda x: (x is None, x)):
+        same = [row["map_at_1000"] for row in rows if row["round"] == r]
+        means[str(r)] = {"n": len(same), **{key: float(np.mean([m[key] for m in same])) for key in same[0]}}
+        print(f"round {r}, mean of {len(same)}:", {k: round(v, 4) for k, v in means[str(r)].items()})
+    write_result(args.out, {"protocol": "fmnist-1k", "command": command_line(), "mean_by_round": means, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
