@@ -52,6 +52,10 @@ class RunConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     torch_threads: int = 0  # 0: leave torch's default
+    # Processes that augment the next batches while the model trains (torch DataLoader workers).
+    # 0 augments in the training process, right for a 2-core machine; on a GPU machine with spare
+    # cores the augmentation is what the GPU waits on.
+    loader_workers: int = 0
     chaos_kill_at_round: int = -1  # testing only: SIGKILL the last worker once, at this round
 
 

@@ -107,6 +107,8 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
     """Train ``cfg.run.rounds`` rounds on this worker's shard; ``report(metrics, payload)`` saves each round."""
     rank, world = dist.rank(), dist.world_size()
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    if cfg.run.loader_workers < 0:
+        raise ValueError(f"run.loader_workers must be >= 0 (0 augments in the training process), got {cfg.run.loader_workers}")
     if cfg.run.torch_threads:
         torch.set_num_threads(cfg.run.torch_threads)
     data, split = load_split(cfg.data)
@@ -144,8 +146,13 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
         e_seconds = time.perf_counter() - t0
 
         generator = torch.Generator().manual_seed(cfg.run.seed * 100_003 + round_index * 101 + rank)
+        # Loader workers seed their augmentations from torch's global generator (seeded above), so
+        # a run repeats for a given worker count; fork hands them the shard without pickling it.
+        workers = cfg.run.loader_workers
         loader = DataLoader(_TwoViews(shard, augment), batch_sampler=_batches(len(shard), local_batch, steps,
-                                                                              method.partners(generator), generator))
+                                                                              method.partners(generator), generator),
+                            num_workers=workers, pin_memory=workers > 0 and device.type == "cuda",
+                            multiprocessing_context="fork" if workers else None)  # fmt: skip
         train_model.train()
         sums: dict[str, float] = {}
         t1 = time.perf_counter()
