@@ -21,11 +21,13 @@ def _cfg(tmp_path_or_uri, name, *extra):
 
 
 def test_two_workers_write_a_checkpoint(ray_cluster, tmp_path):
-    cfg = _cfg(tmp_path, "two", "--run.num_workers=2", "--run.rounds=2")
+    # One loader worker each: DataLoader workers fork inside Ray's worker processes too.
+    cfg = _cfg(tmp_path, "two", "--run.num_workers=2", "--run.rounds=2", "--run.loader_workers=1")
     result = run_training(cfg)
     ckpt = checkpoint.load(result.checkpoint)
     assert ckpt.progress["round"] == 1 and ckpt.progress["resumes"] == []
     assert ckpt.config["run"]["num_workers"] == 2  # the resolved config travels with the weights
+    assert ckpt.config["run"]["loader_workers"] == 1
     assert ckpt.em["gmm"]["means"].shape == (8, 16)  # the E-step ran cluster-wide after the warm-up round
     assert result.metrics["fine_components"] == 8.0
 
