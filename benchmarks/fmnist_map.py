@@ -15,21 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
 
-from results_io import write_result
+from results_io import hardware, write_result
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "fmnist_map.json")
-
-
-def hardware() -> str:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
 
 
 def load_rows() -> list[dict]:

@@ -18,28 +18,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
 import numpy as np
 import torch
 
-from results_io import command_line, write_result
+from protocol_scores import model_map, query_then_database
+from results_io import command_line, hardware, write_result
 from rayhash.config import load, to_dict
 from rayhash.encoder import ImageEncoder
 from rayhash.evaluate import encode_images
-from rayhash.metrics import map_at_k
 from rayhash.models import build_model
 from rayhash.train.config import TrainConfig
 from rayhash.train.loop import load_split, run_rounds
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
-
-
-def hardware(device: torch.device) -> str:
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
 
 
 def images_per_second(encoder: ImageEncoder, images: np.ndarray, batch_size: int) -> float:
@@ -65,23 +59,19 @@ def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = load(TrainConfig, os.path.join(CONFIGS, f"fmnist-dsch-{args.bits}.yaml"), overrides)
     data, split = load_split(cfg.data)
-    positions = np.concatenate([split.query, split.database])
-    nq = len(split.query)
     rounds, map_by_round, last = [], {}, {}
 
     def score(payload: dict) -> tuple[float, torch.nn.Module]:
         model = build_model(cfg.model)
         model.load_state_dict(payload["model"])
-        packed = encode_images(ImageEncoder(model, device=device), data.images[positions])
-        ql, dl = data.labels[split.query], data.labels[split.database]
-        return float(map_at_k(packed[:nq], packed[nq:], ql, dl, 1000)), model
+        return model_map(model, data, split, device), model
 
     t0 = time.perf_counter()
 
     def save(**extra) -> dict:
         # Written after every scored round too: a run stopped at its time limit leaves what it measured.
         result = {
-            "command": command_line(), "hardware": hardware(device), "device": str(device), "config": to_dict(cfg),
+            "command": command_line(), "hardware": hardware(), "device": str(device), "config": to_dict(cfg),
             "finished": False, "rounds_done": len(rounds), "train_seconds": time.perf_counter() - t0,
             "map_by_round": map_by_round,
             "median_round": {k: float(np.median([r[k] for r in rounds])) for k in
@@ -104,7 +94,7 @@ def main() -> int:
     train_seconds = time.perf_counter() - t0
 
     model = last["model"]
-    gpu_rate = images_per_second(ImageEncoder(model, device=device, batch_size=1024), data.images[positions], 1024)
+    gpu_rate = images_per_second(ImageEncoder(model, device=device, batch_size=1024), data.images[query_then_database(split)], 1024)
     torch.set_num_threads(os.cpu_count() or 1)
     cpu_rate = images_per_second(ImageEncoder(model, device="cpu", batch_size=256), data.images[: args.cpu_images], 256)
     result = save(finished=True, train_seconds=train_seconds, map_at_1000=map_by_round[str(cfg.run.rounds - 1)],

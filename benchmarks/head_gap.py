@@ -24,46 +24,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from protocol_scores import cosine_map, features_and_preactivations, packed_map, query_then_database
 from results_io import command_line, write_result
 from rayhash import codes
 from rayhash.baselines import create_baseline
 from rayhash.checkpoint import load as load_checkpoint
 from rayhash.config import from_dict
 from rayhash.encoder import ImageEncoder
-from rayhash.metrics import average_precision, map_at_k
 from rayhash.train.config import DataConfig
 from rayhash.train.loop import load_split
-
-
-def cosine_map(vectors: torch.Tensor, query_labels: np.ndarray, db_labels: np.ndarray, k: int = 1000) -> float:
-    """mAP@k of a float ranking by cosine similarity; ``vectors`` holds the queries, then the database."""
-    v = F.normalize(vectors.float(), dim=1)
-    nq = len(query_labels)
-    top = torch.topk(v[:nq] @ v[nq:].T, k, dim=1).indices.numpy()
-    return float(average_precision(db_labels[top] == query_labels[:, None]).mean())
-
-
-@torch.inference_mode()
-def features_and_preactivations(encoder: ImageEncoder, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    model = encoder.model.eval()
-    batch = encoder.preprocess(images)
-    feats = torch.cat([model.backbone(batch[i:i + 1024]) for i in range(0, len(batch), 1024)])
-    return feats, model.head(feats)
 
 
 def head_gap(uri: str, seed: int = 0) -> dict:
     ckpt = load_checkpoint(uri)
     data, split = load_split(from_dict(DataConfig, ckpt.config["data"]))
-    encoder = ImageEncoder.from_checkpoint(uri)
-    positions = np.concatenate([split.query, split.database])
-    nq, nbits = len(split.query), encoder.nbits
-    ql, dl = data.labels[split.query], data.labels[split.database]
+    encoder = ImageEncoder.from_checkpoint(uri, device="cpu")
+    nbits = encoder.nbits
 
     def hamming_map(bits: np.ndarray) -> float:
-        packed = codes.pack(bits)
-        return float(map_at_k(packed[:nq], packed[nq:], ql, dl, 1000))
+        return packed_map(codes.pack(bits), data, split)
 
-    feats, pre = features_and_preactivations(encoder, data.images[positions])
+    feats, pre = features_and_preactivations(encoder, data.images[query_then_database(split)])
     train_feats, train_pre = features_and_preactivations(encoder, data.images[split.train])
     unit = F.normalize(feats, dim=1).numpy()
     itq_feat = create_baseline("itq").fit(F.normalize(train_feats, dim=1).numpy(), nbits, seed=seed)
@@ -74,8 +55,8 @@ def head_gap(uri: str, seed: int = 0) -> dict:
         "seed": ckpt.config["run"].get("seed"), "bits": nbits, "train_images": len(split.train),
         "map_at_1000": {
             "binary": hamming_map(pre.numpy() > 0),
-            "float": cosine_map(torch.tanh(pre), ql, dl),
-            "features": cosine_map(feats, ql, dl),
+            "float": cosine_map(torch.tanh(pre), data, split),
+            "features": cosine_map(feats, data, split),
             "itq_on_features": hamming_map(itq_feat.encode(unit)),
             "head_rotated": hamming_map(itq_head.encode(pre.numpy())),
         },
