@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rayhash.config import ConfigError
 from rayhash.methods.dsch import MethodConfig
 from rayhash.models import ModelConfig
 
@@ -57,6 +58,10 @@ class RunConfig:
     # cores the augmentation is what the GPU waits on.
     loader_workers: int = 0
     chaos_kill_at_round: int = -1  # testing only: SIGKILL the last worker once, at this round
+
+    def __post_init__(self) -> None:
+        if self.loader_workers < 0:
+            raise ConfigError(f"run.loader_workers must be >= 0 (0 augments in the training process), got {self.loader_workers}")
 
 
 @dataclass(frozen=True)

@@ -107,8 +107,6 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
     """Train ``cfg.run.rounds`` rounds on this worker's shard; ``report(metrics, payload)`` saves each round."""
     rank, world = dist.rank(), dist.world_size()
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-    if cfg.run.loader_workers < 0:
-        raise ValueError(f"run.loader_workers must be >= 0 (0 augments in the training process), got {cfg.run.loader_workers}")
     if cfg.run.torch_threads:
         torch.set_num_threads(cfg.run.torch_threads)
     data, split = load_split(cfg.data)
