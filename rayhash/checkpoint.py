@@ -3,7 +3,9 @@
 A checkpoint is a directory (local or ``s3://``) holding
 
 - ``rayhash_checkpoint.pt``: ``torch.save`` of plain values and state dicts only
-  (model, EM state, optimizer, progress, the resolved config as a dict);
+  (model, EM state, optimizer, schedule and torch's generator state, progress, the resolved
+  config as a dict; with weight averaging, ``model`` is the averaged model to serve and
+  ``averaging`` holds the running mean and the live weights training resumes from);
 - ``rayhash_checkpoint.sha256``: the SHA-256 of that file, written after it.
 
 Readers verify the checksum *before* ``torch.load(weights_only=True)`` parses anything.
@@ -37,6 +39,8 @@ class Checkpoint:
     em: dict = field(default_factory=dict)  # method (E-step) state: tensors and plain values
     optimizer: dict = field(default_factory=dict)
     progress: dict = field(default_factory=dict)  # round, epoch, step, metrics so far
+    # Weight averaging (rayhash.train.averaging): count, mean, and the live weights as "live_model".
+    averaging: dict = field(default_factory=dict)
 
 
 def _payload_uri(uri: str) -> str:
@@ -45,7 +49,7 @@ def _payload_uri(uri: str) -> str:
 
 
 def serialize(*, config: dict, model: dict, em: dict | None = None, optimizer: dict | None = None,
-              progress: dict | None = None) -> bytes:
+              progress: dict | None = None, averaging: dict | None = None) -> bytes:
     payload = {
         "format_version": FORMAT_VERSION,
         "config": config,
@@ -53,6 +57,7 @@ def serialize(*, config: dict, model: dict, em: dict | None = None, optimizer: d
         "em": em or {},
         "optimizer": optimizer or {},
         "progress": progress or {},
+        "averaging": averaging or {},
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -93,5 +98,5 @@ def load(uri: str, map_location: str | torch.device = "cpu") -> Checkpoint:
         raise ValueError(f"{uri}: checkpoint format {payload.get('format_version')!r}, this rayhash reads {FORMAT_VERSION}")
     return Checkpoint(
         uri=directory, sha256=expected, config=payload["config"], model=payload["model"], em=payload["em"],
-        optimizer=payload["optimizer"], progress=payload["progress"],
+        optimizer=payload["optimizer"], progress=payload["progress"], averaging=payload.get("averaging", {}),
     )

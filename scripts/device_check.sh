@@ -11,6 +11,7 @@
 # cores. On CPU small_cnn trailed tiny_cnn after 10 and 20 rounds (0.696 / 0.719 against 0.744 /
 # 0.762; pilot M2 in benchmarks/results/fmnist_recipe_pilots.json), too slow there to go further:
 # the GPU run says whether it catches up by round 120 (benchmarks/QUALITY_LOG.md, session 12).
+# From round 100 on the scored weights are the mean of the rounds since (the config's optim.swa_start).
 # Each run writes $OUT/gpu_check_<backbone>.json after every scored round, so a run that reaches
 # its time limit still returns what it measured. The device machine has torch, numpy, scikit-learn,
 # PyYAML, tqdm, pyarrow and fsspec, and no Ray, faiss or s3fs: the training loop and the encoder

@@ -39,6 +39,13 @@ class OptimConfig:
     decay_every: int = 200
     min_lr: float = 0.0  # cosine: from lr down to min_lr over all the run's steps
     batch_size: int = 256  # global: split across workers
+    # Weight averaging (SWA): from this round on, the checkpoint's model is the mean of the weights
+    # each round ended with, batch-norm statistics re-measured on the training shard; -1: off.
+    swa_start: int = -1
+
+    def __post_init__(self) -> None:
+        if self.swa_start < -1:
+            raise ConfigError(f"optim.swa_start must be -1 (off) or the first round to average (>= 0), got {self.swa_start}")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from rayhash.data.splits import Split, protocol_split, random_split
 from rayhash.data.transforms import TwoViewAugment, eval_batch_transform
 from rayhash.methods import HashingMethod, build_method
 from rayhash.models import HashModel, build_model
+from rayhash.train.averaging import WeightAverage
 from rayhash.train.config import DataConfig, OptimConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -62,17 +63,20 @@ def _batches(n: int, batch: int, steps: int, partners: torch.Tensor | None, gene
     return torch.cat([anchors, partners[anchors]], dim=1).tolist()
 
 
+def eval_batches(model: HashModel, images: np.ndarray, device: torch.device, batch_size: int = 512):
+    """``images`` as the model's input batches, without augmentation."""
+    spec = model.input
+    transform = eval_batch_transform(spec.image_size, spec.channels, spec.mean, spec.std)
+    for i in range(0, len(images), batch_size):
+        yield transform(images[i:i + batch_size]).to(device)
+
+
 @torch.no_grad()
 def encode_shard(model: HashModel, images: np.ndarray, device: torch.device, batch_size: int = 512) -> torch.Tensor:
     """Continuous codes of ``images`` in eval mode without augmentation (the E-step's input)."""
-    spec = model.input
-    transform = eval_batch_transform(spec.image_size, spec.channels, spec.mean, spec.std)
     was_training = model.training
     model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        batch = transform(images[i:i + batch_size]).to(device)
-        out.append(model(batch))
+    out = [model(batch) for batch in eval_batches(model, images, device, batch_size)]
     model.train(was_training)
     return torch.cat(out)
 
@@ -121,12 +125,24 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
     if steps == 0:
         raise ValueError(f"{len(split.train)} training images cannot fill one batch of {cfg.optim.batch_size}")
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps=cfg.run.rounds * steps)
+    average = WeightAverage() if cfg.optim.swa_start >= 0 and rank == 0 else None  # rank 0 alone writes checkpoints
+    if average is not None and cfg.optim.swa_start >= cfg.run.rounds:
+        # A shortened run of a long recipe (--run.rounds=3 on the 64-bit config) is still a run worth having.
+        logger.warning("optim.swa_start=%d is not below run.rounds=%d: this run averages no weights and serves "
+                       "its last round's (set optim.swa_start below run.rounds, or -1)", cfg.optim.swa_start, cfg.run.rounds)
     start_round, resumes = 0, []
     if resume is not None:
-        model.load_state_dict(resume.model)
+        # With averaging, the checkpoint's model is the averaged copy; training goes on from the live weights.
+        model.load_state_dict(resume.averaging.get("live_model", resume.model))
+        if average is not None and resume.averaging:
+            average.load_state_dict(resume.averaging, device)
         optimizer.load_state_dict(resume.optimizer["adam"])
         scheduler.load_state_dict(resume.optimizer["schedule"])
         method.load_state_dict(resume.em)
+        if "torch_rng" in resume.optimizer:
+            # The augmentations (and loader workers' seeds) draw from torch's global generator: with
+            # its state back, a resumed run draws what the uninterrupted run would have drawn.
+            torch.set_rng_state(resume.optimizer["torch_rng"])
         start_round = int(resume.progress["round"]) + 1
         resumes = [*resume.progress.get("resumes", []), start_round]
         logger.info("resuming from %s at round %d", resume.uri, start_round)
@@ -174,8 +190,16 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
         logger.info("round %d: %s", round_index, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
         payload = None
         if rank == 0:
-            payload = dict(config=to_dict(cfg), model=model.state_dict(), em=method.state_dict(),
-                           optimizer={"adam": optimizer.state_dict(), "schedule": scheduler.state_dict()},
+            served, averaging = model.state_dict(), {}
+            if average is not None and round_index >= cfg.optim.swa_start:
+                average.update(model)
+                served = average.averaged_model(model, eval_batches(model, shard, device)).state_dict()
+                live = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                averaging = {**average.state_dict(), "live_model": live}
+                metrics["averaged_rounds"] = average.count
+            payload = dict(config=to_dict(cfg), model=served, em=method.state_dict(), averaging=averaging,
+                           optimizer={"adam": optimizer.state_dict(), "schedule": scheduler.state_dict(),
+                                      "torch_rng": torch.get_rng_state()},
                            progress={"round": round_index, "step": (round_index + 1) * steps, "metrics": metrics,
                                      "resumes": resumes})
         if report is not None:

@@ -34,7 +34,7 @@ def test_two_workers_write_a_checkpoint(ray_cluster, tmp_path):
 
 def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, tmp_path):
     cfg = _cfg(tmp_path, "chaos", "--run.num_workers=2", "--run.rounds=3", "--run.chaos_kill_at_round=1",
-               "--run.max_failures=1")
+               "--run.max_failures=1", "--optim.swa_start=0")
     marker_dir = os.path.join(tempfile.gettempdir(), "rayhash-chaos", "chaos")
     for f in os.listdir(marker_dir) if os.path.isdir(marker_dir) else []:
         os.remove(os.path.join(marker_dir, f))
@@ -44,6 +44,8 @@ def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, tmp_path):
     assert ckpt.progress["round"] == 2
     # resumed once, at round 1: only the round the worker died in was run again
     assert ckpt.progress["resumes"] == [1]
+    # the weight average came through the resume: rounds 0-2, each counted once
+    assert ckpt.averaging["count"] == 3 and set(ckpt.averaging["live_model"]) == set(ckpt.model)
 
 
 def test_s3_checkpoint_and_resubmission_continue(ray_cluster, s3_bucket):
