@@ -15,11 +15,22 @@ TINY = [
 ]
 
 
+def _train_keeping_every_round(cfg_args: list[str], resume=None, save_round=-1, save_to="") -> list[dict]:
+    payloads = []
+
+    def keep(metrics, payload):
+        if metrics["round"] == save_round:  # now, as Ray Train's report does: the optimizer's state moves on
+            checkpoint.save(save_to, **payload)
+        payloads.append({k: ({n: t.clone() for n, t in v.items()} if k == "model" else v) for k, v in payload.items()})
+
+    run_rounds(load(TrainConfig, None, [*TINY, *cfg_args]), device=torch.device("cpu"), report=keep, resume=resume)
+    return payloads
+
+
 def _train(*extra) -> tuple[list[dict], dict]:
-    metrics, payloads = [], []
-    run_rounds(load(TrainConfig, None, [*TINY, *extra]), device=torch.device("cpu"),
-               report=lambda m, p: (metrics.append(m), payloads.append(p)))  # fmt: skip
-    return metrics, payloads[-1]
+    """Each round's metrics, and the last round's payload."""
+    payloads = _train_keeping_every_round(list(extra))
+    return [p["progress"]["metrics"] for p in payloads], payloads[-1]
 
 
 def test_loader_workers_augment_in_other_processes_and_repeat_exactly():
@@ -41,18 +52,6 @@ def test_loader_workers_augment_in_other_processes_and_repeat_exactly():
 def test_negative_loader_workers_say_what_to_set():
     with pytest.raises(ValueError, match="run.loader_workers must be >= 0"):
         _train("--run.loader_workers=-1")
-
-
-def _train_keeping_every_round(cfg_args: list[str], resume=None, save_round=-1, save_to="") -> list[dict]:
-    payloads = []
-
-    def keep(metrics, payload):
-        if metrics["round"] == save_round:  # now, as Ray Train's report does: the optimizer's state moves on
-            checkpoint.save(save_to, **payload)
-        payloads.append({k: ({n: t.clone() for n, t in v.items()} if k == "model" else v) for k, v in payload.items()})
-
-    run_rounds(load(TrainConfig, None, [*TINY, *cfg_args]), device=torch.device("cpu"), report=keep, resume=resume)
-    return payloads
 
 
 def test_weight_averaging_serves_the_mean_and_leaves_training_alone(tmp_path):
