@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rayhash import storage
+from rayhash.config import ConfigError
 from rayhash.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
+
+MAX_K = 1000
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,14 @@ class QuickstartConfig:
     query: int = 0  # which of the protocol's 1,000 queries to show
     k: int = 10
     keep_serving: bool = True  # block until Ctrl-C with the service up
+
+    def __post_init__(self) -> None:
+        # One more than k is asked for (the query's own copy is dropped), within the service's
+        # default max_k (rayhash.serve.app.ServeConfig; tests/test_quickstart.py checks they agree).
+        if not 1 <= self.k < MAX_K:
+            raise ConfigError(f"k must be between 1 and {MAX_K - 1}, got {self.k}")
+        if not 0 <= self.query < 1000:
+            raise ConfigError(f"query picks one of the protocol's 1,000 queries (0..999), got {self.query}")
 
 
 def write_image_lake(images: np.ndarray, ids: list[str], uri: str, rows_per_file: int = 10_000) -> str:
@@ -102,14 +113,16 @@ def run(cfg: QuickstartConfig) -> dict:
     q = int(split.query[cfg.query])
     buf = io.BytesIO()
     Image.fromarray(data.images[q][..., 0]).save(buf, format="PNG")
-    results = client.search_image(buf.getvalue(), k=cfg.k)
+    # The lake holds every image, the query's own too: its copy at distance 0 says nothing about
+    # the codes, so it is left out of the neighbours shown and counted.
+    results = [r for r in client.search_image(buf.getvalue(), k=cfg.k + 1) if r["id"] != data.ids[q]][: cfg.k]
     positions = [int(r["id"]) for r in results]
     same = sum(int(data.labels[p] == data.labels[q]) for p in positions)
     grid = storage.join(cfg.workdir, "query.png")
     plot_query_grid(data.images[q], [data.images[p] for p in positions],
                     [f"d={r['distance']} c={data.labels[p]}" for r, p in zip(results, positions)], grid)
-    print(f"search service at {url}: query image {q} (class {data.labels[q]}) -> {len(results)} neighbours, "
-          f"{same}/{len(results)} of its class; grid at {grid}")
+    print(f"search service at {url}: query image {q} (class {data.labels[q]}) -> {len(results)} neighbours "
+          f"(its own indexed copy left out), {same}/{len(results)} of its class; grid at {grid}")
     print(f"try: curl -s -X POST {url}/search/image -F file=@<image.png>   |   curl -s {url}/stats")
     summary = {"checkpoint": trained.checkpoint, "codeset": manifest.uri, "index": index.uri, "url": url,
                "query": q, "neighbours": results, "same_class": same, "grid": grid,

@@ -8,11 +8,12 @@ session's local Ray cluster.
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from rayhash import checkpoint, codeset, indexset
-from rayhash.config import load
-from rayhash.quickstart import QuickstartConfig, run
+from rayhash.config import ConfigError, load
+from rayhash.quickstart import MAX_K, QuickstartConfig, run
 from rayhash.serve import stop
 
 CONFIG = "configs/quickstart.yaml"
@@ -36,8 +37,21 @@ def test_main_job_end_to_end(ray_cluster, tmp_path, fashion_mnist):
     assert index.items == len(fashion_mnist) and len(index.shards) == cfg.num_shards
     neighbours = out["neighbours"]
     assert len(neighbours) == cfg.k
+    # The query's own indexed copy is left out, so the count says something about the codes.
+    assert str(out["query"]) not in {n["id"] for n in neighbours}
     assert [n["distance"] for n in neighbours] == sorted(n["distance"] for n in neighbours)
     # Even two rounds put most of a query's neighbours in its class (1 in 10 by chance).
     assert out["same_class"] >= 5, out
     grid = Image.open(io.BytesIO(open(out["grid"], "rb").read()))
     assert grid.format == "PNG" and np.asarray(grid).std() > 0
+
+
+def test_config_bounds_k_and_query():
+    from rayhash.serve.app import ServeConfig
+
+    # The job asks for k + 1 results (its query's own copy is dropped) from a service at default limits.
+    assert MAX_K == ServeConfig.max_k
+    for bad in ({"k": 0}, {"k": MAX_K}, {"query": 1000}, {"query": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            QuickstartConfig(**bad)
+    assert QuickstartConfig(k=MAX_K - 1).k == MAX_K - 1
