@@ -20,8 +20,6 @@ from rayhash.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-MAX_K = 1000
-
 
 @dataclass(frozen=True)
 class QuickstartConfig:
@@ -36,10 +34,12 @@ class QuickstartConfig:
     keep_serving: bool = True  # block until Ctrl-C with the service up
 
     def __post_init__(self) -> None:
-        # One more than k is asked for (the query's own copy is dropped), within the service's
-        # default max_k (rayhash.serve.app.ServeConfig; tests/test_quickstart.py checks they agree).
-        if not 1 <= self.k < MAX_K:
-            raise ConfigError(f"k must be between 1 and {MAX_K - 1}, got {self.k}")
+        from rayhash.serve.app import ServeConfig
+
+        # One more than k is asked for (the query's own copy is dropped) from a service that
+        # run() starts with ServeConfig's default max_k.
+        if not 1 <= self.k < ServeConfig.max_k:
+            raise ConfigError(f"k must be between 1 and {ServeConfig.max_k - 1}, got {self.k}")
         if not 0 <= self.query < 1000:
             raise ConfigError(f"query picks one of the protocol's 1,000 queries (0..999), got {self.query}")
 

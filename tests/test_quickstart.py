@@ -13,8 +13,9 @@ from PIL import Image
 
 from rayhash import checkpoint, codeset, indexset
 from rayhash.config import ConfigError, load
-from rayhash.quickstart import MAX_K, QuickstartConfig, run
+from rayhash.quickstart import QuickstartConfig, run
 from rayhash.serve import stop
+from rayhash.serve.app import ServeConfig
 
 CONFIG = "configs/quickstart.yaml"
 
@@ -47,11 +48,9 @@ def test_main_job_end_to_end(ray_cluster, tmp_path, fashion_mnist):
 
 
 def test_config_bounds_k_and_query():
-    from rayhash.serve.app import ServeConfig
-
     # The job asks for k + 1 results (its query's own copy is dropped) from a service at default limits.
-    assert MAX_K == ServeConfig.max_k
-    for bad in ({"k": 0}, {"k": MAX_K}, {"query": 1000}, {"query": -1}):
+    max_k = ServeConfig.max_k
+    for bad in ({"k": 0}, {"k": max_k}, {"query": 1000}, {"query": -1}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             QuickstartConfig(**bad)
-    assert QuickstartConfig(k=MAX_K - 1).k == MAX_K - 1
+    assert QuickstartConfig(k=max_k - 1).k == max_k - 1
