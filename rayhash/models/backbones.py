@@ -90,11 +90,10 @@ def _tiny_cnn_of_width(width: int) -> Callable[[int, bool], tuple[nn.Module, int
     # Strided convolutions keep the multiply-adds per 28 px image near the MLP's (about 3M at
     # width 32), while giving the network the translation structure an MLP has to learn from data.
     def build(in_channels: int, pretrained: bool) -> tuple[nn.Module, int]:
-        w = width
         net = nn.Sequential(
-            nn.Conv2d(in_channels, w, 5, stride=2, padding=2, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
-            nn.Flatten(), nn.Linear(2 * w * 7 * 7, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, width, 5, stride=2, padding=2, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            nn.Flatten(), nn.Linear(2 * width * 7 * 7, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
         )
         return net, 512
 
