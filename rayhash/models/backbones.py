@@ -108,6 +108,10 @@ register(BackboneSpec(
     "tiny_cnn_wide", _tiny_cnn_of_width(64), channels=1, image_size=28, mean=(0.5,), std=(0.5,), has_pretrained=False,
     description="tiny_cnn at twice the channels (64-128) + fc 512, 2.6x its multiply-adds; 28 px only",
 ))
+register(BackboneSpec(
+    "tiny_cnn_wide3", _tiny_cnn_of_width(96), channels=1, image_size=28, mean=(0.5,), std=(0.5,), has_pretrained=False,
+    description="tiny_cnn at three times the channels (96-192) + fc 512, 5x its multiply-adds; 28 px only",
+))
 
 
 def _mlp(in_channels: int, pretrained: bool) -> tuple[nn.Module, int]:

@@ -6,7 +6,7 @@ from rayhash.models import ModelConfig, WeightsUnavailableError, build_model, li
 
 
 def test_registry_lists_all():
-    assert {"small_cnn", "tiny_cnn", "tiny_cnn_wide", "mlp", "efficientnet_lite0", "vgg16", "resnet50"} <= set(list_backbones())
+    assert {"small_cnn", "tiny_cnn", "tiny_cnn_wide", "tiny_cnn_wide3", "mlp", "efficientnet_lite0", "vgg16", "resnet50"} <= set(list_backbones())
 
 
 def test_unknown_backbone_names_choices():
@@ -14,20 +14,20 @@ def test_unknown_backbone_names_choices():
         build_model(ModelConfig(backbone="alexnet"))
 
 
-@pytest.mark.parametrize("backbone", ["small_cnn", "tiny_cnn", "tiny_cnn_wide", "mlp"])
+@pytest.mark.parametrize("backbone", ["small_cnn", "tiny_cnn", "tiny_cnn_wide", "tiny_cnn_wide3", "mlp"])
 def test_from_scratch_backbones_give_codes_in_range(backbone):
     model = build_model(ModelConfig(backbone=backbone, bits=32)).eval()
     h = model(torch.randn(4, 1, 28, 28))
     assert h.shape == (4, 32) and float(h.detach().abs().max()) < 1
 
 
-def test_tiny_cnn_wide_doubles_the_channels_only():
+def test_tiny_cnn_widths_change_the_channels_only():
     from rayhash.models.backbones import create_backbone
 
-    narrow, wide = (create_backbone(name, pretrained=False)[0] for name in ("tiny_cnn", "tiny_cnn_wide"))
-    convs = [[m.out_channels for m in net if isinstance(m, torch.nn.Conv2d)] for net in (narrow, wide)]
-    assert convs == [[32, 64], [64, 128]]
-    assert narrow[-3].out_features == wide[-3].out_features == 512
+    nets = [create_backbone(name, pretrained=False)[0] for name in ("tiny_cnn", "tiny_cnn_wide", "tiny_cnn_wide3")]
+    convs = [[m.out_channels for m in net if isinstance(m, torch.nn.Conv2d)] for net in nets]
+    assert convs == [[32, 64], [64, 128], [96, 192]]
+    assert [net[-3].out_features for net in nets] == [512, 512, 512]
 
 
 def test_bits_must_be_whole_bytes():
