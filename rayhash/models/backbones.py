@@ -100,18 +100,16 @@ def _tiny_cnn_of_width(width: int) -> Callable[[int, bool], tuple[nn.Module, int
     return build
 
 
-register(BackboneSpec(
-    "tiny_cnn", _tiny_cnn_of_width(32), channels=1, image_size=28, mean=(0.5,), std=(0.5,), has_pretrained=False,
-    description="2 strided conv layers (32-64) + fc 512, from scratch; CNN structure at MLP cost, 28 px only",
-))
-register(BackboneSpec(
-    "tiny_cnn_wide", _tiny_cnn_of_width(64), channels=1, image_size=28, mean=(0.5,), std=(0.5,), has_pretrained=False,
-    description="tiny_cnn at twice the channels (64-128) + fc 512, 2.6x its multiply-adds; 28 px only",
-))
-register(BackboneSpec(
-    "tiny_cnn_wide3", _tiny_cnn_of_width(96), channels=1, image_size=28, mean=(0.5,), std=(0.5,), has_pretrained=False,
-    description="tiny_cnn at three times the channels (96-192) + fc 512, 5x its multiply-adds; 28 px only",
-))
+for name, width, description in (
+    ("tiny_cnn", 32, "2 strided conv layers (32-64) + fc 512, from scratch; CNN structure at MLP cost, 28 px only"),
+    ("tiny_cnn_wide", 64, "tiny_cnn at twice the channels (64-128) + fc 512, 2.6x its multiply-adds; 28 px only"),
+    ("tiny_cnn_wide3", 96, "tiny_cnn at three times the channels (96-192) + fc 512, 5x its multiply-adds; 28 px only"),
+):
+    register(BackboneSpec(
+        name, _tiny_cnn_of_width(width), channels=1, image_size=28, mean=(0.5,), std=(0.5,), has_pretrained=False,
+        description=description,
+    ))
+del name, width, description
 
 
 def _mlp(in_channels: int, pretrained: bool) -> tuple[nn.Module, int]:
