@@ -14,7 +14,9 @@ import time
 
 import numpy as np
 
-from rayhash import codes, storage
+from rayhash import storage
+
+from rayhash.codespec import binary as codes
 from rayhash.baselines import create_baseline
 from rayhash.data import load_fashion_mnist, protocol_split
 from rayhash.metrics import evaluate_codes

@@ -24,7 +24,9 @@ import time
 
 import numpy as np
 
-from rayhash import codeset, storage
+from rayhash import storage
+
+from rayhash.encode import codeset
 from results_io import command_line, write_result
 
 logger = logging.getLogger("encode_bench")
@@ -47,7 +49,7 @@ def write_lake(root: str, n: int) -> list[str]:
 def untrained_checkpoint(uri: str) -> str:
     import torch
 
-    from rayhash import checkpoint
+    from rayhash.models import checkpoint
     from rayhash.models import ModelConfig, build_model
 
     if not checkpoint.is_complete(uri):
@@ -62,7 +64,7 @@ def torch_loop(paths: list[str], ckpt: str, threads: int, batch_size: int) -> tu
     import torch
 
     from rayhash.data.decode import ImageDecodeError, decode_image
-    from rayhash.encoder import ImageEncoder
+    from rayhash.models.encoder import ImageEncoder
 
     torch.set_num_threads(threads)
     encoder = ImageEncoder.from_checkpoint(ckpt, device="cpu", batch_size=batch_size)

@@ -27,7 +27,7 @@ import torch
 from protocol_scores import model_map, query_then_database
 from results_io import command_line, hardware, write_result
 from rayhash.config import load, to_dict
-from rayhash.encoder import ImageEncoder
+from rayhash.models.encoder import ImageEncoder
 from rayhash.evaluate import encode_images
 from rayhash.models import build_model
 from rayhash.train.config import TrainConfig

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 
 from protocol_scores import cosine_map, features_and_preactivations, packed_map, query_then_database
 from results_io import command_line, write_result
-from rayhash import codes
+from rayhash.codespec import binary as codes
 from rayhash.baselines import create_baseline
-from rayhash.checkpoint import load as load_checkpoint
+from rayhash.models.checkpoint import load as load_checkpoint
 from rayhash.config import from_dict
-from rayhash.encoder import ImageEncoder
+from rayhash.models.encoder import ImageEncoder
 from rayhash.train.config import DataConfig
 from rayhash.train.loop import load_split
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from rayhash.data.images import LabeledImages
 from rayhash.data.splits import Split
-from rayhash.encoder import ImageEncoder
+from rayhash.models.encoder import ImageEncoder
 from rayhash.evaluate import encode_images
 from rayhash.metrics import average_precision, map_at_k
 

@@ -18,7 +18,7 @@ import torch
 
 from protocol_scores import cosine_map, features_and_preactivations, model_map, query_then_database
 from rayhash.config import load
-from rayhash.encoder import ImageEncoder
+from rayhash.models.encoder import ImageEncoder
 from rayhash.models import build_model
 from rayhash.train.config import TrainConfig
 from rayhash.train.loop import load_split, run_rounds

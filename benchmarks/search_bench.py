@@ -45,9 +45,9 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from rayhash import codes as codes_lib
+from rayhash.codespec import binary as codes_lib
 from rayhash.baselines import ITQ
-from rayhash.codeset import write_codeset
+from rayhash.encode.codeset import write_codeset
 from rayhash.data import load_fashion_mnist, protocol_split
 from rayhash.index import build_index_set, topk
 from rayhash.index.build import ivf_template

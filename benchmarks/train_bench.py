@@ -91,7 +91,7 @@ def training_codes(model_state: dict, checkpoint: str | None):
     """Continuous codes of the protocol's 5,000 training images, as the E-step sees them."""
     import torch
 
-    from rayhash import checkpoint as ckpt_lib
+    from rayhash.models import checkpoint as ckpt_lib
     from rayhash.config import from_dict
     from rayhash.models import ModelConfig, build_model
     from rayhash.train.loop import encode_shard, load_split

@@ -1,7 +1,7 @@
 """Shallow hashing baselines that every learned method must beat: LSH and ITQ.
 
 Both fit on a training set of feature vectors ``(n, d)`` and encode to continuous
-projections ``(n, nbits)`` that :func:`rayhash.codes.pack` binarises (bit = projection > 0).
+projections ``(n, nbits)`` that :func:`rayhash.codespec.binary.pack` binarises (bit = projection > 0).
 Their state is a plain dict of numpy arrays, so it saves with ``numpy.savez`` and loads
 without pickle.
 """
@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from rayhash.codes import check_nbits
+from rayhash.codespec.binary import check_nbits
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class _Baseline:
             )
 
     def encode(self, x) -> np.ndarray:
-        """Continuous projections ``(n, nbits)`` float32; pack them with ``rayhash.codes.pack``."""
+        """Continuous projections ``(n, nbits)`` float32; pack them with ``rayhash.codespec.binary.pack``."""
         self._check_fitted()
         # float32 halves the memory of encoding a whole dataset; fitting stays in float64.
         x = _check_features(x, dims=len(self.mean), dtype=np.float32)

@@ -42,7 +42,8 @@ def cmd_train(ns: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_eval(ns: argparse.Namespace, overrides: list[str]) -> int:
-    from rayhash import checkpoint, storage
+    from rayhash import storage
+    from rayhash.models import checkpoint
     from rayhash.config import from_dict, replace
     from rayhash.train.config import DataConfig, EvalConfig, TrainConfig
     from rayhash.train.trainer import evaluate_run

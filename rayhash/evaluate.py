@@ -14,11 +14,13 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from rayhash import codes, plots, storage
+from rayhash import plots, storage
+
+from rayhash.codespec import binary as codes
 from rayhash.baselines import create_baseline
 from rayhash.data.images import LabeledImages
 from rayhash.data.splits import Split
-from rayhash.encoder import ImageEncoder
+from rayhash.models.encoder import ImageEncoder
 from rayhash.metrics import evaluate_codes
 
 logger = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ def _check_codes(query_codes: np.ndarray, db_codes: np.ndarray) -> tuple[np.ndar
         if c.dtype != np.uint8 or c.ndim != 2:
             raise ValueError(
                 f"{name} must be packed uint8 codes of shape (n, nbits/8), got {c.dtype} "
-                f"{c.shape}; pack +-1 or continuous codes with rayhash.codes.pack first."
+                f"{c.shape}; pack +-1 or continuous codes with rayhash.codespec.binary.pack first."
             )
     if q.shape[1] != d.shape[1]:
         raise ValueError(
@@ -92,7 +92,7 @@ def _word_distances(qw: np.ndarray, dw: np.ndarray) -> np.ndarray:
 
 
 def hamming_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
-    """Hamming distances ``(nq, ndb)`` as uint16: :func:`rayhash.codes.hamming` a word at a time."""
+    """Hamming distances ``(nq, ndb)`` as uint16: :func:`rayhash.codespec.binary.hamming` a word at a time."""
     q, d = _check_codes(query_codes, db_codes)
     return _word_distances(_as_words(q), _as_words(d))
 

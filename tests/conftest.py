@@ -95,7 +95,7 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     """A real rayhash checkpoint of an untrained small CNN (64 bits, seeded), saved locally."""
     import torch
 
-    from rayhash import checkpoint
+    from rayhash.models import checkpoint
     from rayhash.models import ModelConfig, build_model
 
     torch.manual_seed(0)

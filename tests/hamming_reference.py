@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from rayhash.codes import hamming
+from rayhash.codespec.binary import hamming
 
 
 def brute_force(q, ids, codes, k):

@@ -5,7 +5,7 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 
-from rayhash import codes
+from rayhash.codespec import binary as codes
 from rayhash.baselines import ITQ, LSH, create_baseline
 from rayhash.metrics import map_at_k
 

@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 
-from rayhash import codes
+from rayhash.codespec import binary as codes
 from rayhash.data.splits import Split
-from rayhash.encoder import ImageEncoder
+from rayhash.models.encoder import ImageEncoder
 from rayhash.evaluate import evaluate_baseline, evaluate_checkpoint, write_report
 
 

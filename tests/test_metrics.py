@@ -6,7 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from rayhash import codes, metrics
+from rayhash import metrics
+
+from rayhash.codespec import binary as codes
 
 
 # ---- brute-force references: one query at a time over a full stable argsort ----------------
@@ -166,7 +168,7 @@ def test_evaluate_codes_is_plain_json_and_agrees_with_the_parts(case):
 
 def test_bad_inputs_say_what_is_wrong():
     q, d, ql, dl = _random_case(multi_hot=False)
-    with pytest.raises(ValueError, match="rayhash.codes.pack"):
+    with pytest.raises(ValueError, match="rayhash.codespec.binary.pack"):
         metrics.map_at_k(np.unpackbits(q, axis=1).astype(np.float32), d, ql, dl)
     with pytest.raises(ValueError, match="8 bits"):
         metrics.map_at_k(q[:, :1], d, ql, dl, k=10)

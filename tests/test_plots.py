@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rayhash import codes, plots, storage
+from rayhash import plots, storage
+
+from rayhash.codespec import binary as codes
 from rayhash.baselines import ITQ, LSH
 from rayhash.metrics import evaluate_codes
 

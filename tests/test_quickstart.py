@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rayhash import checkpoint, codeset, indexset
+from rayhash.models import checkpoint
+
+from rayhash.encode import codeset
+
+from rayhash.index import indexset
 from rayhash.config import ConfigError, load
 from rayhash.quickstart import QuickstartConfig, run
 from rayhash.serve import stop

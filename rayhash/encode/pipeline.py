@@ -20,7 +20,9 @@ import pyarrow.compute as pc
 import ray
 from tqdm.auto import tqdm
 
-from rayhash import checkpoint, codeset
+from rayhash.models import checkpoint
+
+from rayhash.encode import codeset
 from rayhash.config import from_dict, to_dict
 from rayhash.encode import inputs, staging
 from rayhash.encode.config import EncodeConfig
@@ -40,7 +42,7 @@ class EncodeImages:
                  torch_threads: int, load: dict | None = None):  # fmt: skip
         import torch
 
-        from rayhash.encoder import ImageEncoder
+        from rayhash.models.encoder import ImageEncoder
 
         if torch_threads:
             torch.set_num_threads(torch_threads)

@@ -21,7 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rayhash import codeset, storage
+from rayhash import storage
+
+from rayhash.encode import codeset
 from rayhash.config import to_dict
 from rayhash.encode.config import EncodeConfig
 

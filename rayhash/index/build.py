@@ -14,8 +14,10 @@ from typing import Any
 import faiss
 import numpy as np
 
-from rayhash import codeset, indexset
-from rayhash.codes import check_nbits
+from rayhash.encode import codeset
+
+from rayhash.index import indexset
+from rayhash.codespec.binary import check_nbits
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rayhash import dist, losses
+from rayhash import dist
+
+from rayhash.methods import losses
 from rayhash.clustering import gmm
 from rayhash.methods.base import HashingMethod
 

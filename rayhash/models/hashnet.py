@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rayhash.codes import check_nbits
+from rayhash.codespec.binary import check_nbits
 from rayhash.models.backbones import backbone_spec, create_backbone
 
 
@@ -62,7 +62,7 @@ class HashModel(nn.Module):
         return self.cfg.bits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Continuous codes ``h`` in (-1, 1)^bits; ``rayhash.codes.binarize`` gives the binary code."""
+        """Continuous codes ``h`` in (-1, 1)^bits; ``rayhash.codespec.binary.binarize`` gives the binary code."""
         return torch.tanh(self.head(self.backbone(x)))
 
 

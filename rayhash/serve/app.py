@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 import requests
 from ray import serve
 
-from rayhash import checkpoint, config
+from rayhash import config
+
+from rayhash.models import checkpoint
 from rayhash.data.decode import MAX_PIXELS
-from rayhash.indexset import read_index_manifest
+from rayhash.index.indexset import read_index_manifest
 from rayhash.serve.encoder import EncoderDeployment
 from rayhash.serve.ingress import SearchIngress
 from rayhash.serve.shard import IndexShardDeployment

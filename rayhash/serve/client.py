@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import requests
 
-from rayhash import codes as codes_lib
+from rayhash.codespec import binary as codes_lib
 
 
 class SearchError(RuntimeError):

@@ -13,7 +13,7 @@ import numpy as np
 from ray import serve
 
 from rayhash.data.decode import ImageDecodeError, decode_image
-from rayhash.encoder import ImageEncoder
+from rayhash.models.encoder import ImageEncoder
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ request timeout) fails the request with a 503 naming it, unless the caller asked
 With ``local`` shards (``ServeConfig.shards_in_ingress``) the ingress loads every shard itself,
 checksums first, and searches them in worker threads: no actor hop per query, for indexes
 that fit in one replica's memory; a shard cannot then fail apart from the ingress. IVF shards
-are merged into one index first (:func:`rayhash.indexset.merge_shards`): the same lists
+are merged into one index first (:func:`rayhash.index.indexset.merge_shards`): the same lists
 probed, without repeating the coarse quantizer and the top-k heap per shard.
 """
 
@@ -29,8 +29,8 @@ from ray import serve
 from ray.exceptions import RayActorError
 from starlette.datastructures import UploadFile
 
-from rayhash import codes as codes_lib
-from rayhash import indexset
+from rayhash.codespec import binary as codes_lib
+from rayhash.index import indexset
 from rayhash.index.search import merge_topk
 from rayhash.serve.answers import ARROW_STREAM, as_arrow, as_columns, as_objects, id_lookup
 from rayhash.serve.shard import query_rows, search_shard, shard_info

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 from ray import serve
 
-from rayhash import indexset
+from rayhash.index import indexset
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rayhash import checkpoint, dist
+from rayhash import dist
+
+from rayhash.models import checkpoint
 from rayhash.config import from_dict, to_dict
 from rayhash.data.images import LabeledImages
 from rayhash.data.sources import load_source

@@ -42,7 +42,7 @@ def bad_files() -> dict[str, tuple[bytes, str]]:
 def make_checkpoint(uri: str, seed: int) -> str:
     import torch
 
-    from rayhash import checkpoint
+    from rayhash.models import checkpoint
     from rayhash.models import ModelConfig, build_model
 
     torch.manual_seed(seed)

@@ -6,9 +6,11 @@ import os
 
 import numpy as np
 
-from rayhash import codeset, storage
+from rayhash import storage
+
+from rayhash.encode import codeset
 from rayhash.encode import EncodeConfig
-from rayhash.encoder import ImageEncoder
+from rayhash.models.encoder import ImageEncoder
 
 
 def encode_config(lake, checkpoint: str, output: str, **kw) -> EncodeConfig:

@@ -135,7 +135,7 @@ def test_config_errors_name_the_fix(tmp_path):
 def test_encoder_actor_decodes_or_takes_decoded_batches(fmnist_lake, tiny_checkpoint):
     """The actor class on its own: CPU jobs give it items, GPU jobs batches that tasks decoded."""
     from rayhash.encode.pipeline import EncodeImages
-    from rayhash.encoder import ImageEncoder
+    from rayhash.models.encoder import ImageEncoder
 
     items = inputs.plan(_cfg(input=fmnist_lake.root, extensions=()))
     decode = dict(max_bytes=1 << 20, max_pixels=fmnist_lake.max_pixels, mode="L")

@@ -10,10 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from encode_helpers import check_code_set, encode_config, in_process, mtimes
 
-from rayhash import codeset, storage
+from rayhash import storage
+
+from rayhash.encode import codeset
 from rayhash.encode import run_encode
 from rayhash.encode.cli import main as encode_main
-from rayhash.encoder import ImageEncoder
+from rayhash.models.encoder import ImageEncoder
 
 
 def test_encode_local_lake_and_rerun(ray_cluster, fmnist_lake, tiny_checkpoint, tmp_path, capsys):

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from encode_helpers import check_code_set, encode_config, in_process, mtimes
 
-from rayhash import codeset, storage
+from rayhash import storage
+
+from rayhash.encode import codeset
 from rayhash.encode import run_encode
 
 

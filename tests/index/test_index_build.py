@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rayhash import codeset, indexset, storage
+from rayhash import storage
+
+from rayhash.encode import codeset
+
+from rayhash.index import indexset
 from hamming_reference import brute_force
 from rayhash.index import build_index_set, build_shards, merge_topk
 from rayhash.index.build import default_nlist

@@ -4,7 +4,7 @@ import faiss
 import numpy as np
 import pytest
 
-from rayhash.codes import hamming
+from rayhash.codespec.binary import hamming
 from rayhash.index.search import _merged_top, _sorted_top, merge_topk, sort_rows, topk
 
 

@@ -2,7 +2,9 @@
 
 import torch
 
-from rayhash import dist, losses
+from rayhash import dist
+
+from rayhash.methods import losses
 from rayhash.methods import MethodConfig, build_method
 from rayhash.methods.dsch import sample_partners
 from rayhash.train.loop import _batches

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rayhash import indexset
-from rayhash.codes import hamming
+from rayhash.index import indexset
+from rayhash.codespec.binary import hamming
 from rayhash.index.search import merge_topk, topk
 from rayhash.serve.answers import id_lookup
 

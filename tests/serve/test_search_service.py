@@ -15,9 +15,9 @@ import pytest
 import requests
 from PIL import Image
 
-from rayhash import codes as codes_lib
-from rayhash.codeset import write_codeset
-from rayhash.encoder import ImageEncoder
+from rayhash.codespec import binary as codes_lib
+from rayhash.encode.codeset import write_codeset
+from rayhash.models.encoder import ImageEncoder
 from rayhash.index import build_index_set
 from rayhash.serve import SearchClient, SearchError, answer_info, start
 

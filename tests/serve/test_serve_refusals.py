@@ -8,9 +8,11 @@ import pytest
 import torch
 import yaml
 
-from rayhash import checkpoint, config, storage
-from rayhash.codeset import write_codeset
-from rayhash.encoder import ImageEncoder
+from rayhash import config, storage
+
+from rayhash.models import checkpoint
+from rayhash.encode.codeset import write_codeset
+from rayhash.models.encoder import ImageEncoder
 from rayhash.index import build_index_set
 from rayhash.models import ModelConfig, build_model
 from rayhash.serve import ServeConfig, build_app, start

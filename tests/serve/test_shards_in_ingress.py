@@ -11,7 +11,7 @@ import pytest
 import requests
 from test_search_service import Corpus, arrow_rows, free_port, queries
 
-from rayhash import codes as codes_lib
+from rayhash.codespec import binary as codes_lib
 from rayhash import storage
 from rayhash.serve import SearchClient, start
 from rayhash.serve.app import direct_ingress_urls
@@ -117,7 +117,7 @@ def test_ivf_served_answers_what_its_shards_find(ray_cluster, corpus, tmp_path, 
     id is an item at the distance given (ties at the k-th may be cut differently: IVF is approximate)."""
     from ray import serve
 
-    from rayhash import indexset
+    from rayhash.index import indexset
     from rayhash.index import build_index_set
     from rayhash.index.search import merge_topk
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rayhash import checkpoint
+from rayhash.models import checkpoint
 from rayhash.config import load
 from rayhash.train.config import TrainConfig
 from rayhash.train.loop import run_rounds

@@ -4,7 +4,7 @@ import os
 import tempfile
 
 
-from rayhash import checkpoint
+from rayhash.models import checkpoint
 from rayhash.config import load
 from rayhash.train.config import TrainConfig
 from rayhash.train.trainer import run_training

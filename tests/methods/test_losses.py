@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rayhash import losses
+from rayhash.methods import losses
 
 
 def _hand_ntxent(h_a, h_b, tau):

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rayhash import codes as codes_lib
+from rayhash.codespec import binary as codes_lib
 from rayhash import storage
 
 logger = logging.getLogger(__name__)

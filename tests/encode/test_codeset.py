@@ -7,7 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rayhash import codeset, storage
+from rayhash import storage
+
+from rayhash.encode import codeset
 
 
 def _random_set(n: int, nbits: int = 64, seed: int = 0):

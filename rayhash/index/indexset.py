@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rayhash import codes as codes_lib
+from rayhash.codespec import binary as codes_lib
 from rayhash import storage
 from rayhash.index.search import PAD, topk
 

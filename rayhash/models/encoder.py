@@ -8,8 +8,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from rayhash import checkpoint as ckpt
-from rayhash import codes
+from rayhash.models import checkpoint as ckpt
+from rayhash.codespec import binary as codes
 from rayhash.config import from_dict
 from rayhash.data.transforms import eval_batch_transform
 from rayhash.models import HashModel, ModelConfig, build_model

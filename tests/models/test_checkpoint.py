@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from rayhash import checkpoint, storage
+from rayhash import storage
+
+from rayhash.models import checkpoint
 from rayhash.models import ModelConfig, build_model
 
 

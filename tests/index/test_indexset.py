@@ -6,8 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rayhash import codes as codes_lib
-from rayhash import codeset, indexset, storage
+from rayhash.codespec import binary as codes_lib
+from rayhash import storage
+from rayhash.encode import codeset
+from rayhash.index import indexset
 from hamming_reference import brute_force
 from rayhash.index import build_index_set
 from rayhash.index.search import merge_topk
