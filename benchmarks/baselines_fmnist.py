@@ -15,9 +15,8 @@ import time
 import numpy as np
 
 from rayhash import storage
-
-from rayhash.codespec import binary as codes
 from rayhash.baselines import create_baseline
+from rayhash.codespec import binary as codes
 from rayhash.data import load_fashion_mnist, protocol_split
 from rayhash.metrics import evaluate_codes
 
@@ -47,8 +46,9 @@ def main() -> None:
                 queries = codes.pack(model.encode(pixels[split.query]))
                 ev = evaluate_codes(queries, db, labels[split.query], labels[split.database], nbits)
                 seconds = time.perf_counter() - start
-                print(f"{name:6} {nbits:4d} {seed:4d} {ev['map_at_k']:9.4f} "
-                      f"{REFERENCE[name][nbits]:9.3f} {seconds:8.1f}")  # fmt: skip
+                print(
+                    f"{name:6} {nbits:4d} {seed:4d} {ev['map_at_k']:9.4f} {REFERENCE[name][nbits]:9.3f} {seconds:8.1f}"
+                )
                 results.append({"method": name, "nbits": nbits, "seed": seed, "seconds": seconds, **ev})
     if args.json:
         storage.write_text_atomic(args.json, json.dumps(results))

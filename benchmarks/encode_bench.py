@@ -23,11 +23,10 @@ import platform
 import time
 
 import numpy as np
+from results_io import command_line, write_result
 
 from rayhash import storage
-
 from rayhash.encode import codeset
-from results_io import command_line, write_result
 
 logger = logging.getLogger("encode_bench")
 
@@ -49,8 +48,7 @@ def write_lake(root: str, n: int) -> list[str]:
 def untrained_checkpoint(uri: str) -> str:
     import torch
 
-    from rayhash.models import checkpoint
-    from rayhash.models import ModelConfig, build_model
+    from rayhash.models import ModelConfig, build_model, checkpoint
 
     if not checkpoint.is_complete(uri):
         torch.manual_seed(0)
@@ -72,7 +70,7 @@ def torch_loop(paths: list[str], ckpt: str, threads: int, batch_size: int) -> tu
     out = []
     for i in range(0, len(paths), batch_size):
         images = []
-        for p in paths[i:i + batch_size]:
+        for p in paths[i : i + batch_size]:
             with open(p, "rb") as f:
                 data = f.read()
             try:
@@ -83,7 +81,9 @@ def torch_loop(paths: list[str], ckpt: str, threads: int, batch_size: int) -> tu
     return len(paths) / (time.perf_counter() - start), np.concatenate(out)
 
 
-def ray_job(paths: list[str], workdir: str, ckpt: str, threads: int, batch_size: int, chunk: int) -> tuple[float, object]:
+def ray_job(
+    paths: list[str], workdir: str, ckpt: str, threads: int, batch_size: int, chunk: int
+) -> tuple[float, object]:
     """Wall seconds of one encode job over ``paths``, from nothing (no resume), and its manifest."""
     from rayhash.encode import EncodeConfig, run_encode
 
@@ -91,9 +91,20 @@ def ray_job(paths: list[str], workdir: str, ckpt: str, threads: int, batch_size:
     with open(listing, "w") as f:
         f.write("\n".join(paths) + "\n")
     storage.remove(output, recursive=True)
-    cfg = EncodeConfig(input=listing, input_format="list", checkpoint=ckpt, output=output, rows_per_shard=chunk,
-                       batch_size=batch_size, read_batch=batch_size, num_actors=threads, cpus_per_actor=1.0,
-                       cpus_per_decode_task=1.0, torch_threads=1, progress=False)  # fmt: skip
+    cfg = EncodeConfig(
+        input=listing,
+        input_format="list",
+        checkpoint=ckpt,
+        output=output,
+        rows_per_shard=chunk,
+        batch_size=batch_size,
+        read_batch=batch_size,
+        num_actors=threads,
+        cpus_per_actor=1.0,
+        cpus_per_decode_task=1.0,
+        torch_threads=1,
+        progress=False,
+    )
     start = time.perf_counter()
     manifest = run_encode(cfg)
     return time.perf_counter() - start, manifest
@@ -106,9 +117,16 @@ def index_build(codes: np.ndarray, workdir: str, threads: int, n: int = 1_000_00
     bits = np.unpackbits(codes[np.arange(n) % len(codes)], axis=1)
     bits ^= (rng.random(bits.shape) < 0.06).astype(np.uint8)
     cs_uri = os.path.join(workdir, "codes-1m")
-    codeset.write_codeset(cs_uri, ids=[str(i) for i in range(n)], codes=np.packbits(bits, axis=1),
-                          sources=[""] * n, nbits=codes.shape[1] * 8, checkpoint_uri="bench",
-                          checkpoint_sha256="bench", config={})  # fmt: skip
+    codeset.write_codeset(
+        cs_uri,
+        ids=[str(i) for i in range(n)],
+        codes=np.packbits(bits, axis=1),
+        sources=[""] * n,
+        nbits=codes.shape[1] * 8,
+        checkpoint_uri="bench",
+        checkpoint_sha256="bench",
+        config={},
+    )
     start = time.perf_counter()
     build_index_set(cs_uri, os.path.join(workdir, "index-1m"), kind="flat", threads=threads)
     return (time.perf_counter() - start) * 1_000_000 / n
@@ -156,29 +174,36 @@ def main() -> None:
         raise SystemExit("the Ray job and the loop gave different codes for the same images")
     loop_means = {t: sum(r) / len(r) for t, r in loop_runs.items()}
     torch_rate = max(loop_means.values())
-    row = {"images": args.images, "ray_images_per_s": round(ray_rate, 1),
-           "torch_loop_images_per_s": round(torch_rate, 1), "ratio": round(ray_rate / torch_rate, 3),
-           "index_build_s_per_million": round(index_build(codes, args.workdir, args.threads), 3)}  # fmt: skip
+    row = {
+        "images": args.images,
+        "ray_images_per_s": round(ray_rate, 1),
+        "torch_loop_images_per_s": round(torch_rate, 1),
+        "ratio": round(ray_rate / torch_rate, 3),
+        "index_build_s_per_million": round(index_build(codes, args.workdir, args.threads), 3),
+    }
     result = {
         "command": command_line(),
         "rows": [row],
         "details": {
             "torch_loop_images_per_s_by_threads": {t: [round(x, 1) for x in r] for t, r in loop_runs.items()},
-            "ray_wall_s": round(wall, 2), f"ray_wall_s_for_{n0}_images": round(wall_small, 2),
+            "ray_wall_s": round(wall, 2),
+            f"ray_wall_s_for_{n0}_images": round(wall_small, 2),
             "ray_end_to_end_images_per_s": round(args.images / wall, 1),
-            "threads": args.threads, "batch_size": args.batch_size, "rows_per_shard": args.chunk,
+            "threads": args.threads,
+            "batch_size": args.batch_size,
+            "rows_per_shard": args.chunk,
             "model": "given checkpoint" if args.checkpoint else "untrained small_cnn, 64 bits, 28x28x1",
             "index": "rayhash.index.build_index_set kind=flat on 1M 64-bit codes (read + verify + add + write)",
-        },  # fmt: skip
+        },
         "hardware": f"{platform.machine()}, {os.cpu_count()} cores, no GPU; shared with other jobs "
-                    f"(1-min load average {load_before:.1f} before, {load_after:.1f} after)",
+        f"(1-min load average {load_before:.1f} before, {load_after:.1f} after)",
         "notes": f"ray_images_per_s is marginal: ({args.images} - {n0}) images over the difference of the wall "
-                 f"times of two jobs of {args.images} and {n0} images, so the job's fixed start-up (actor start, "
-                 "model load, listing, commit) cancels; end to end it is details.ray_end_to_end_images_per_s. "
-                 "The loop's rate excludes its model load and is the faster of its thread counts "
-                 "(details.torch_loop_images_per_s_by_threads, runs before and after the Ray jobs). "
-                 "Codes from both sides are checked equal.",
-    }  # fmt: skip
+        f"times of two jobs of {args.images} and {n0} images, so the job's fixed start-up (actor start, "
+        "model load, listing, commit) cancels; end to end it is details.ray_end_to_end_images_per_s. "
+        "The loop's rate excludes its model load and is the faster of its thread counts "
+        "(details.torch_loop_images_per_s_by_threads, runs before and after the Ray jobs). "
+        "Codes from both sides are checked equal.",
+    }
     print(write_result(args.out, result), end="")
 
 

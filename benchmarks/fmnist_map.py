@@ -44,16 +44,30 @@ def run_deep(method: str, bits: int, seed: int, overrides: list[str], storage: s
 
     config = os.path.join(os.path.dirname(__file__), "..", "configs", f"fmnist-dsch-{bits}.yaml")
     name = f"bench-{method}-{bits}-s{seed}-{int(time.time())}"
-    cfg = load(TrainConfig, config, [f"--run.seed={seed}", f"--method.seed={seed}", f"--run.name={name}",
-                                     f"--run.storage_path={storage}",
-                                     f"--method.ablation={'true' if method.endswith('ablation') else 'false'}", *overrides])
+    cfg = load(
+        TrainConfig,
+        config,
+        [
+            f"--run.seed={seed}",
+            f"--method.seed={seed}",
+            f"--run.name={name}",
+            f"--run.storage_path={storage}",
+            f"--method.ablation={'true' if method.endswith('ablation') else 'false'}",
+            *overrides,
+        ],
+    )
     t0 = time.perf_counter()
     result = run_training(cfg)
     train_seconds = time.perf_counter() - t0
     data, split = load_split(cfg.data)
     metrics = evaluate_checkpoint(result.checkpoint, data, split, k=1000)
-    return {"map_at_1000": metrics["map_at_k"], "train_seconds": train_seconds, "train_images": len(split.train),
-            "rounds": cfg.run.rounds, "overrides": overrides}
+    return {
+        "map_at_1000": metrics["map_at_k"],
+        "train_seconds": train_seconds,
+        "train_images": len(split.train),
+        "rounds": cfg.run.rounds,
+        "overrides": overrides,
+    }
 
 
 def run_baseline(method: str, bits: int, seed: int) -> dict:
@@ -64,7 +78,11 @@ def run_baseline(method: str, bits: int, seed: int) -> dict:
     data = load_source("fashion-mnist")
     split = protocol_split("fmnist-1k", data.labels)
     metrics = evaluate_baseline(method, data, split, bits, seed=seed, k=1000)
-    return {"map_at_1000": metrics["map_at_k"], "train_seconds": metrics["train_seconds"], "train_images": len(split.train)}
+    return {
+        "map_at_1000": metrics["map_at_k"],
+        "train_seconds": metrics["train_seconds"],
+        "train_images": len(split.train),
+    }
 
 
 def main() -> None:
@@ -83,13 +101,25 @@ def main() -> None:
         for seed in args.seeds:
             for method in args.methods:
                 t0 = time.perf_counter()
-                extra = run_baseline(method, bits, seed) if method in ("itq", "lsh") else run_deep(
-                    method, bits, seed, overrides, args.storage)
-                row = {"method": method, "bits": bits, "seed": seed, **extra, "hardware": hardware(),
-                       "wall_seconds": time.perf_counter() - t0, "command": command}
+                extra = (
+                    run_baseline(method, bits, seed)
+                    if method in ("itq", "lsh")
+                    else run_deep(method, bits, seed, overrides, args.storage)
+                )
+                row = {
+                    "method": method,
+                    "bits": bits,
+                    "seed": seed,
+                    **extra,
+                    "hardware": hardware(),
+                    "wall_seconds": time.perf_counter() - t0,
+                    "command": command,
+                }
                 # Re-read before each save: sweeps of different methods may run side by side.
                 key = (method, bits, seed, row["train_images"])
-                rows = [r for r in load_rows() if (r["method"], r["bits"], r["seed"], r.get("train_images", 5000)) != key]
+                rows = [
+                    r for r in load_rows() if (r["method"], r["bits"], r["seed"], r.get("train_images", 5000)) != key
+                ]
                 save_rows(rows + [row], command)
                 print(json.dumps(row), flush=True)
 

@@ -22,7 +22,7 @@ replicas, this load generator, everything else, whose busiest processes
 cores the served run fills, served over direct cannot pass the ratio of those.
 Requests go to the ingress replicas' own ports when Serve runs direct ingress (the default
 here), spread evenly, else through Serve's proxy; the concurrency-1 row also times the proxy
-path. The load generator is one aiohttp session with a keep-alive connection per request in
+path. The load generator is one aiohttp client with a keep-alive connection per request in
 flight, parsing answers with orjson or pyarrow (it shares the machine's cores with the
 service). ``direct_topk_qps`` is ``rayhash.index.search.topk`` in this process: what each
 served shard computes. Writes ``benchmarks/results/search.json``.
@@ -44,14 +44,14 @@ import faiss
 import numpy as np
 import orjson
 import pyarrow as pa
+from results_io import command_line, write_result
 
-from rayhash.codespec import binary as codes_lib
 from rayhash.baselines import ITQ
-from rayhash.encode.codeset import write_codeset
+from rayhash.codespec import binary as codes_lib
 from rayhash.data import load_fashion_mnist, protocol_split
+from rayhash.encode.codeset import write_codeset
 from rayhash.index import build_index_set, topk
 from rayhash.index.build import ivf_template
-from results_io import command_line, write_result
 
 logger = logging.getLogger("search_bench")
 FLIP = 0.06
@@ -101,7 +101,7 @@ def single_query_ms(index, q: np.ndarray, k: int, threads: int, n: int = 200) ->
     lat = []
     for i in range(min(n, len(q))):
         t = time.perf_counter()
-        index.search(q[i:i + 1], k)
+        index.search(q[i : i + 1], k)
         lat.append((time.perf_counter() - t) * 1e3)
     return float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), float(np.mean(lat))
 
@@ -125,7 +125,7 @@ def answer_distances(answer, fmt: str) -> list[list[int]]:
 def request_bodies(q: np.ndarray, per_request: int, k: int, fmt: str, packed: bool) -> list[dict]:
     """One request per ``per_request`` queries: hex codes as JSON for ``/search/codes``, or with
     ``packed`` the codes' bytes for ``/search/packed`` (key ``"packed"``; the rest go as query parameters)."""
-    chunks = [q[i:i + per_request] for i in range(0, len(q), per_request)]
+    chunks = [q[i : i + per_request] for i in range(0, len(q), per_request)]
     if packed:
         return [{"packed": c.tobytes(), "k": k, "format": fmt} for c in chunks]
     return [{"codes": codes_lib.to_hex(c), "k": k, "format": fmt} for c in chunks]
@@ -178,26 +178,30 @@ async def http_load(urls: list[str], bodies: list[dict], concurrency: int) -> tu
     latencies: list[float] = []
     next_body = iter(range(len(bodies)))
 
-    def post(session, url, body):
+    def post(client, url, body):
         if "packed" not in body:
-            return session.post(f"{url}/search/codes", json=body)
+            return client.post(f"{url}/search/codes", json=body)
         params = {key: str(v) for key, v in body.items() if key != "packed"}
-        return session.post(f"{url}/search/packed", params=params, data=body["packed"],
-                            headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        return client.post(
+            f"{url}/search/packed",
+            params=params,
+            data=body["packed"],
+            headers={"Content-Type": "application/octet-stream"},
+        )
 
-    async def worker(session, url):
+    async def worker(client, url):
         for i in next_body:
             t = time.perf_counter()
-            async with post(session, url, bodies[i]) as r:
+            async with post(client, url, bodies[i]) as r:
                 data = await r.read()
                 if r.status != 200:
                     raise RuntimeError(f"HTTP {r.status}: {data[:500]!r}")
                 answers[i] = parse_answer(data, bodies[i].get("format", "objects"))
             latencies.append((time.perf_counter() - t) * 1e3)
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as client:
         t = time.perf_counter()
-        await asyncio.gather(*(worker(session, urls[w % len(urls)]) for w in range(concurrency)))
+        await asyncio.gather(*(worker(client, urls[w % len(urls)]) for w in range(concurrency)))
         elapsed = time.perf_counter() - t
     return len(bodies) / elapsed, latencies, answers
 
@@ -216,13 +220,27 @@ def serve_and_load(index_uri: str, q: np.ndarray, k: int, args, placement: str) 
     threads = max(1, args.threads // args.shards)
     replicas = args.ingress_replicas if in_ingress else 1
     most = max(args.batch, *map(int, args.bulk_batch.split(",")))  # queries in the largest request
-    proxy_url = start(index_uri, encode_images=False, port=args.port, name="bench", ready_timeout_s=600,
-                      threads=threads, max_queries=most, batch_rows=max(256, most), timeout_s=120.0, shards_in_ingress=in_ingress,
-                      ingress={"num_replicas": replicas})  # fmt: skip
+    proxy_url = start(
+        index_uri,
+        encode_images=False,
+        port=args.port,
+        name="bench",
+        ready_timeout_s=600,
+        threads=threads,
+        max_queries=most,
+        batch_rows=max(256, most),
+        timeout_s=120.0,
+        shards_in_ingress=in_ingress,
+        ingress={"num_replicas": replicas},
+    )
     direct = direct_ingress_urls("bench")
     urls = direct or [proxy_url]
-    common = {"placement": placement, "http_path": "direct-ingress" if direct else "proxy", "ingress_replicas": replicas,
-              "search_threads": threads}  # fmt: skip
+    common = {
+        "placement": placement,
+        "http_path": "direct-ingress" if direct else "proxy",
+        "ingress_replicas": replicas,
+        "search_threads": threads,
+    }
     out = []
     try:
         # (requests in flight, queries per request, answer format, request body)
@@ -242,14 +260,24 @@ def serve_and_load(index_uri: str, q: np.ndarray, k: int, args, placement: str) 
             served_queries = len(bodies) * rounds * per_request
             per_query = [d for a in answers[: len(bodies)] for d in answer_distances(a, fmt)]
             dist = np.array([d + [-1] * (k - len(d)) for d in per_query])
-            row = {**common, "concurrency": concurrency, "queries_per_request": per_request, "format": fmt,
-                   "request_body": request, "served_qps": qps * per_request, "p50_ms": float(np.percentile(lat, 50)),
-                   "p99_ms": float(np.percentile(lat, 99)), "served_distances": dist,
-                   "cpu_us_per_query": {role: 1e6 * t / served_queries for role, t in cpu.items()},
-                   "other_cpu_us_per_query": {name: 1e6 * t / served_queries for name, t in other.items()}}  # fmt: skip
+            row = {
+                **common,
+                "concurrency": concurrency,
+                "queries_per_request": per_request,
+                "format": fmt,
+                "request_body": request,
+                "served_qps": qps * per_request,
+                "p50_ms": float(np.percentile(lat, 50)),
+                "p99_ms": float(np.percentile(lat, 99)),
+                "served_distances": dist,
+                "cpu_us_per_query": {role: 1e6 * t / served_queries for role, t in cpu.items()},
+                "other_cpu_us_per_query": {name: 1e6 * t / served_queries for name, t in other.items()},
+            }
             if concurrency == 1 and direct:
                 _, proxy_lat, _ = asyncio.run(http_load([proxy_url], bodies, 1))
-                row.update(proxy_p50_ms=float(np.percentile(proxy_lat, 50)), proxy_p99_ms=float(np.percentile(proxy_lat, 99)))
+                row.update(
+                    proxy_p50_ms=float(np.percentile(proxy_lat, 50)), proxy_p99_ms=float(np.percentile(proxy_lat, 99))
+                )
             out.append(row)
             logger.info("%s", {k_: v for k_, v in row.items() if k_ != "served_distances"})
     finally:
@@ -263,9 +291,16 @@ def bench_size(n: int, args, work: Path) -> list[dict]:
     t0 = time.perf_counter()
     db, q = structured_codes(n, nbits, seed=args.seed)
     ids = [f"{i:09d}" for i in range(n)]
-    cs = write_codeset(str(work / f"codes-{n}"), ids=ids, codes=db, sources=ids, nbits=nbits,
-                       checkpoint_uri="itq:fmnist-1k-raw-pixels", checkpoint_sha256="0" * 64,
-                       config={"codes": "ITQ of Fashion-MNIST pixels, repeated, 6% bit flips"})  # fmt: skip
+    cs = write_codeset(
+        str(work / f"codes-{n}"),
+        ids=ids,
+        codes=db,
+        sources=ids,
+        nbits=nbits,
+        checkpoint_uri="itq:fmnist-1k-raw-pixels",
+        checkpoint_sha256="0" * 64,
+        config={"codes": "ITQ of Fashion-MNIST pixels, repeated, 6% bit flips"},
+    )
     del ids
     logger.info("%d codes and their code set in %.0f s", n, time.perf_counter() - t0)
 
@@ -281,26 +316,39 @@ def bench_size(n: int, args, work: Path) -> list[dict]:
     for nprobe in (16, 32, 64, 128, 256):
         ivf.nprobe = nprobe
         d, _ = ivf.search(q, k)
-        sweep.append({"nprobe": nprobe, "qps": direct_qps(ivf, q, k, args.threads, repeat)[0],
-                      "recall_at_100": recall_at_k(d, exact_d[:, k - 1], k)})  # fmt: skip
+        sweep.append(
+            {
+                "nprobe": nprobe,
+                "qps": direct_qps(ivf, q, k, args.threads, repeat)[0],
+                "recall_at_100": recall_at_k(d, exact_d[:, k - 1], k),
+            }
+        )
         logger.info("ivf nlist=%d %s", nlist, sweep[-1])
     good = [s for s in sweep if s["recall_at_100"] >= args.target_recall] or sweep[-1:]
     ivf.nprobe = max(good, key=lambda s: s["qps"])["nprobe"]
     indexes = {"flat": flat, "ivf": ivf}
     # The sub-linear speed-up: both indexes timed in alternation, so both see the same machine.
-    rounds = [{kind: direct_qps(index, q, k, args.threads, repeat)[1] for kind, index in indexes.items()}
-              for _ in range(repeat)]  # fmt: skip
+    rounds = [
+        {kind: direct_qps(index, q, k, args.threads, repeat)[1] for kind, index in indexes.items()}
+        for _ in range(repeat)
+    ]
     best_threads = {kind: max(rounds[0][kind], key=rounds[0][kind].get) for kind in indexes}
     speedup = float(np.median([max(r["ivf"].values()) / max(r["flat"].values()) for r in rounds]))
     topk_qps = {}
     for kind, index in indexes.items():  # sorted by (distance, position), as each served shard does
         faiss.omp_set_num_threads(best_threads[kind])
-        topk_qps[kind] = len(q) / timed(lambda: topk(index, q, k), repeat=1 if kind == "flat" else repeat)
+        topk_qps[kind] = len(q) / timed(lambda: topk(index, q, k), repeat=1 if kind == "flat" else repeat)  # noqa: B023 (timed calls it at once)
     faiss.omp_set_num_threads(args.threads)
 
     rows = []
-    common = {"codes": n, "bits": nbits, "k": k, "threads": args.threads, "shards": args.shards,
-              "serve_throughput_optimized": not args.serve_default_env}  # fmt: skip
+    common = {
+        "codes": n,
+        "bits": nbits,
+        "k": k,
+        "threads": args.threads,
+        "shards": args.shards,
+        "serve_throughput_optimized": not args.serve_default_env,
+    }
     for kind, index in indexes.items():
         if kind not in args.kinds.split(","):
             continue
@@ -318,17 +366,28 @@ def bench_size(n: int, args, work: Path) -> list[dict]:
                     raise AssertionError("served flat results differ from a direct flat search")
                 # One query at a time is compared with one faiss call per query; load, with one call for all.
                 ref = 1e3 / lat[2] if s["concurrency"] == 1 else direct
-                rows.append({**common, "index": kind, **params, "direct_qps": ref, **s,
-                             "served_over_direct": s["served_qps"] / ref,
-                             "direct_mode": "one query per call" if s["concurrency"] == 1 else "one call, all queries",
-                             "served_over_direct_topk": s["served_qps"] / topk_qps[kind],
-                             "direct_qps_before_after": [before, after], "direct_qps_by_threads": by_threads,
-                             # one thread's time per query: CPU without OpenMP's idle spinning
-                             "direct_cpu_us_per_query": 1e6 / by_threads[1],
-                             "direct_p50_ms": lat[0], "direct_p99_ms": lat[1],
-                             "speedup_over_flat": speedup if kind == "ivf" else 1.0,
-                             "recall_at_100": recall_at_k(dist, exact_d[: len(dist), k - 1], k),
-                             "direct_topk_qps": topk_qps[kind], **({"nprobe_sweep": sweep} if kind == "ivf" else {})})
+                rows.append(
+                    {
+                        **common,
+                        "index": kind,
+                        **params,
+                        "direct_qps": ref,
+                        **s,
+                        "served_over_direct": s["served_qps"] / ref,
+                        "direct_mode": "one query per call" if s["concurrency"] == 1 else "one call, all queries",
+                        "served_over_direct_topk": s["served_qps"] / topk_qps[kind],
+                        "direct_qps_before_after": [before, after],
+                        "direct_qps_by_threads": by_threads,
+                        # one thread's time per query: CPU without OpenMP's idle spinning
+                        "direct_cpu_us_per_query": 1e6 / by_threads[1],
+                        "direct_p50_ms": lat[0],
+                        "direct_p99_ms": lat[1],
+                        "speedup_over_flat": speedup if kind == "ivf" else 1.0,
+                        "recall_at_100": recall_at_k(dist, exact_d[: len(dist), k - 1], k),
+                        "direct_topk_qps": topk_qps[kind],
+                        **({"nprobe_sweep": sweep} if kind == "ivf" else {}),
+                    }
+                )
                 logger.info("%s", {k_: v for k_, v in rows[-1].items() if k_ != "nprobe_sweep"})
         shutil.rmtree(ix.uri, ignore_errors=True)
     shutil.rmtree(cs.uri, ignore_errors=True)
@@ -340,31 +399,52 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--bits", type=int, default=64)
     parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=2,
-                        help="faiss OpenMP threads in all: direct runs the best of 1 and this; served shards share it")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="faiss OpenMP threads in all: direct runs the best of 1 and this; served shards share it",
+    )
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--batch", type=int, default=16, help="queries per request in the batched served run")
     parser.add_argument("--min-queries", type=int, default=2000, help="queries sent per served measurement")
     parser.add_argument("--single-queries", type=int, default=300, help="requests sent one at a time (concurrency 1)")
-    parser.add_argument("--placements", default="ingress,deployments",
-                        help="where the shards live: in the ingress replica, and/or one deployment each")
-    parser.add_argument("--ingress-replicas", type=int, default=2,
-                        help="ingress replicas when they hold the shards; requests spread over their ports")
+    parser.add_argument(
+        "--placements",
+        default="ingress,deployments",
+        help="where the shards live: in the ingress replica, and/or one deployment each",
+    )
+    parser.add_argument(
+        "--ingress-replicas",
+        type=int,
+        default=2,
+        help="ingress replicas when they hold the shards; requests spread over their ports",
+    )
     parser.add_argument("--formats", default="objects,columns,arrow", help="answer formats of the batched runs")
-    parser.add_argument("--bulk-batch", default="256",
-                        help="queries per request of last runs in the arrow format, as a bulk client sends: "
-                             "comma-separated sizes, one run each (0: none)")
-    parser.add_argument("--bulk-body", choices=("json", "packed"), default="packed",
-                        help="how the bulk runs send their codes: hex in JSON (/search/codes) or raw bytes (/search/packed)")
+    parser.add_argument(
+        "--bulk-batch",
+        default="256",
+        help="queries per request of last runs in the arrow format, as a bulk client sends: "
+        "comma-separated sizes, one run each (0: none)",
+    )
+    parser.add_argument(
+        "--bulk-body",
+        choices=("json", "packed"),
+        default="packed",
+        help="how the bulk runs send their codes: hex in JSON (/search/codes) or raw bytes (/search/packed)",
+    )
     parser.add_argument("--kinds", default="flat,ivf", help="indexes to measure")
     parser.add_argument("--nlist", type=int, default=None, help="default 1024 up to 2M codes, 4096 above")
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--serve-default-env", action="store_true",
-                        help="keep Serve's default threads and transport (else RAY_SERVE_THROUGHPUT_OPTIMIZED=1)")
+    parser.add_argument(
+        "--serve-default-env",
+        action="store_true",
+        help="keep Serve's default threads and transport (else RAY_SERVE_THROUGHPUT_OPTIMIZED=1)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", default=None, help="scratch for code and index sets (default: a temp dir)")
+    parser.add_argument("--workdir", default=None, help="working folder for code and index sets (default: a temp dir)")
     parser.add_argument("--out", default="benchmarks/results/search.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

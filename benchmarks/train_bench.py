@@ -33,7 +33,6 @@ import tempfile
 import time
 
 import numpy as np
-
 from results_io import command_line, write_result
 
 logger = logging.getLogger("train_bench")
@@ -44,14 +43,26 @@ def train_config(rounds: int, threads: int, workers: int, storage_path: str, nam
     from rayhash.config import load
     from rayhash.train.config import TrainConfig
 
-    return load(TrainConfig, CONFIG, [f"--run.rounds={rounds}", f"--run.torch_threads={threads}",
-                                      f"--run.num_workers={workers}", f"--run.cpus_per_worker={threads}",
-                                      f"--run.storage_path={storage_path}", f"--run.name={name}"])  # fmt: skip
+    return load(
+        TrainConfig,
+        CONFIG,
+        [
+            f"--run.rounds={rounds}",
+            f"--run.torch_threads={threads}",
+            f"--run.num_workers={workers}",
+            f"--run.cpus_per_worker={threads}",
+            f"--run.storage_path={storage_path}",
+            f"--run.name={name}",
+        ],
+    )
 
 
 def round_figures(metrics: dict, wall: float | None = None) -> dict:
-    out = {"samples_per_second": round(metrics["samples_per_second"], 1),
-           "m_step_seconds": round(metrics["m_step_seconds"], 2), "e_step_seconds": round(metrics["e_step_seconds"], 2)}
+    out = {
+        "samples_per_second": round(metrics["samples_per_second"], 1),
+        "m_step_seconds": round(metrics["m_step_seconds"], 2),
+        "e_step_seconds": round(metrics["e_step_seconds"], 2),
+    }
     if wall is not None:
         out["wall_seconds"] = round(wall, 1)
     return out
@@ -91,9 +102,9 @@ def training_codes(model_state: dict, checkpoint: str | None):
     """Continuous codes of the protocol's 5,000 training images, as the E-step sees them."""
     import torch
 
-    from rayhash.models import checkpoint as ckpt_lib
     from rayhash.config import from_dict
     from rayhash.models import ModelConfig, build_model
+    from rayhash.models import checkpoint as ckpt_lib
     from rayhash.train.loop import encode_shard, load_split
 
     cfg = train_config(1, 1, 1, tempfile.gettempdir(), "codes")
@@ -126,7 +137,8 @@ def kmeans_rows(x_t, m: int, iterations: int, seed: int) -> dict:
     seconds per iteration (rayhash's total also holds the labelling pass after its loop, about one
     iteration's work)."""
     import faiss
-    from sklearn.cluster import KMeans, kmeans_plusplus as sk_plusplus
+    from sklearn.cluster import KMeans
+    from sklearn.cluster import kmeans_plusplus as sk_plusplus
 
     from rayhash.clustering.kmeans import kmeans, kmeans_plusplus
 
@@ -134,8 +146,7 @@ def kmeans_rows(x_t, m: int, iterations: int, seed: int) -> dict:
     seeds, s_rh = timed(lambda: kmeans_plusplus(x_t, m, seed=seed))
     _, s_sk = timed(lambda: sk_plusplus(x, m, random_state=seed))
     init = seeds.numpy()
-    out = {"lloyd_iterations": iterations,
-           "plusplus_seconds": {"rayhash": round(s_rh, 3), "sklearn": round(s_sk, 3)}}  # fmt: skip
+    out = {"lloyd_iterations": iterations, "plusplus_seconds": {"rayhash": round(s_rh, 3), "sklearn": round(s_sk, 3)}}
     km, s = timed(lambda: kmeans(x_t, m, n_iter=iterations, tol=0.0, init=seeds))
     out["rayhash"] = side_figures(s, km.n_iter, inertia(x, km.centers.double().numpy()))
     sk = KMeans(m, init=init, n_init=1, max_iter=iterations, tol=0.0, algorithm="lloyd")
@@ -146,13 +157,18 @@ def kmeans_rows(x_t, m: int, iterations: int, seed: int) -> dict:
     out["faiss"] = side_figures(s, iterations, inertia(x, fk.centroids.astype(np.float64)))
     for side in ("sklearn", "faiss"):
         out[f"rayhash_speedup_per_iteration_over_{side}"] = round(
-            out[side]["seconds_per_iteration"] / out["rayhash"]["seconds_per_iteration"], 2)
+            out[side]["seconds_per_iteration"] / out["rayhash"]["seconds_per_iteration"], 2
+        )
     return out
 
 
 def side_figures(seconds: float, iterations: int, sse: float) -> dict:
-    return {"seconds": round(seconds, 3), "iterations": int(iterations),
-            "seconds_per_iteration": round(seconds / iterations, 4), "inertia": round(sse, 2)}  # fmt: skip
+    return {
+        "seconds": round(seconds, 3),
+        "iterations": int(iterations),
+        "seconds_per_iteration": round(seconds / iterations, 4),
+        "inertia": round(sse, 2),
+    }
 
 
 def gmm_rows(x_t, method, iterations: int, seed: int) -> dict:
@@ -168,20 +184,49 @@ def gmm_rows(x_t, method, iterations: int, seed: int) -> dict:
     x, m = x_t.numpy(), method.fine_components
     _, init_rh = timed(lambda: kmeans(x_t, m, n_iter=300, seed=seed))  # fit_gmm's own start
     _, init_sk = timed(lambda: KMeans(m, n_init=1, random_state=seed).fit(x))  # GaussianMixture's
-    out = {"components": m, "covariance_type": method.covariance_type,
-           "kmeans_start_seconds": {"rayhash": round(init_rh, 3), "sklearn": round(init_sk, 3)}}  # fmt: skip
+    out = {
+        "components": m,
+        "covariance_type": method.covariance_type,
+        "kmeans_start_seconds": {"rayhash": round(init_rh, 3), "sklearn": round(init_sk, 3)},
+    }
     for label, max_iter, tol in (("as_configured", method.gmm_max_iter, method.gmm_tol), ("fixed", iterations, 0.0)):
-        state, s_rh = timed(lambda: fit_gmm(x_t, m, covariance_type=method.covariance_type, max_iter=max_iter,
-                                            tol=tol, reg_covar=method.reg_covar, seed=seed))  # fmt: skip
-        g = GaussianMixture(m, covariance_type=method.covariance_type, max_iter=max_iter, tol=tol,
-                            reg_covar=method.reg_covar, init_params="kmeans", n_init=1, random_state=seed)  # fmt: skip
-        _, s_sk = timed(lambda: g.fit(x))
-        row = {side: {"seconds": round(s, 2), "iterations": n, "seconds_per_em_iteration": round((s - init) / n, 4),
-                      "mean_log_likelihood": round(ll, 4)}
-               for side, s, n, init, ll in (("rayhash", s_rh, state.n_iter, init_rh, score(x_t, state)),
-                                           ("sklearn", s_sk, int(g.n_iter_), init_sk, float(g.score(x))))}  # fmt: skip
-        row["rayhash_speedup_per_em_iteration"] = round(row["sklearn"]["seconds_per_em_iteration"]
-                                                        / row["rayhash"]["seconds_per_em_iteration"], 2)  # fmt: skip
+        state, s_rh = timed(
+            lambda: fit_gmm(  # noqa: B023 (timed calls it at once)
+                x_t,
+                m,
+                covariance_type=method.covariance_type,
+                max_iter=max_iter,  # noqa: B023
+                tol=tol,  # noqa: B023
+                reg_covar=method.reg_covar,
+                seed=seed,
+            )
+        )
+        g = GaussianMixture(
+            m,
+            covariance_type=method.covariance_type,
+            max_iter=max_iter,
+            tol=tol,
+            reg_covar=method.reg_covar,
+            init_params="kmeans",
+            n_init=1,
+            random_state=seed,
+        )
+        _, s_sk = timed(lambda: g.fit(x))  # noqa: B023 (timed calls it at once)
+        row = {
+            side: {
+                "seconds": round(s, 2),
+                "iterations": n,
+                "seconds_per_em_iteration": round((s - init) / n, 4),
+                "mean_log_likelihood": round(ll, 4),
+            }
+            for side, s, n, init, ll in (
+                ("rayhash", s_rh, state.n_iter, init_rh, score(x_t, state)),
+                ("sklearn", s_sk, int(g.n_iter_), init_sk, float(g.score(x))),
+            )
+        }
+        row["rayhash_speedup_per_em_iteration"] = round(
+            row["sklearn"]["seconds_per_em_iteration"] / row["rayhash"]["seconds_per_em_iteration"], 2
+        )
         out[label] = row
     return out
 
@@ -220,16 +265,16 @@ def main() -> None:
     import ray
 
     load_before = os.getloadavg()[0]
-    scratch = tempfile.mkdtemp(prefix="rayhash-train-bench-")
+    workdir = tempfile.mkdtemp(prefix="rayhash-train-bench-")
     runs: dict = {}
-    runs[f"plain_{args.threads}_threads"], model_state = plain_run(args.rounds, args.threads, scratch)
+    runs[f"plain_{args.threads}_threads"], model_state = plain_run(args.rounds, args.threads, workdir)
     if args.threads != 1:
-        runs["plain_1_thread"] = plain_run(args.rounds, 1, scratch)[0]
+        runs["plain_1_thread"] = plain_run(args.rounds, 1, workdir)[0]
     ray.init(num_cpus=args.threads, include_dashboard=False, logging_level="WARNING")
     try:
-        runs[f"ray_1_worker_{args.threads}_threads"] = ray_run(args.rounds, args.threads, 1, scratch)
+        runs[f"ray_1_worker_{args.threads}_threads"] = ray_run(args.rounds, args.threads, 1, workdir)
         if args.threads > 1:
-            runs[f"ray_{args.threads}_workers_1_thread"] = ray_run(args.rounds, 1, args.threads, scratch)
+            runs[f"ray_{args.threads}_workers_1_thread"] = ray_run(args.rounds, 1, args.threads, workdir)
     finally:
         ray.shutdown()
     reference = max((r for name, r in runs.items() if name.startswith("plain")), key=lambda r: r["samples_per_second"])
@@ -244,13 +289,15 @@ def main() -> None:
         "config": "configs/fmnist-dsch-64.yaml (tiny_cnn, 64 bits, batch 64, 1,000/100 components, diag)",
         "training": runs,
         "clustering": cluster,
-        "codes": f"checkpoint {args.checkpoint}" if args.checkpoint else f"the plain run's model after {args.rounds} rounds",
+        "codes": f"checkpoint {args.checkpoint}"
+        if args.checkpoint
+        else f"the plain run's model after {args.rounds} rounds",
         "hardware": f"{platform.machine()}, {os.cpu_count()} cores, no GPU; 1-min load average {load_before:.1f} "
-                    f"before, {load_after:.1f} after",
+        f"before, {load_after:.1f} after",
         "notes": "Training figures are each run's last round: M-step samples per second (two augmented views "
-                 "per sample, augmentation in the loop) and its E-step seconds; samples_per_second_over_plain "
-                 "is against the faster plain run. Clustering runs with the same thread count on every side.",
-    }  # fmt: skip
+        "per sample, augmentation in the loop) and its E-step seconds; samples_per_second_over_plain "
+        "is against the faster plain run. Clustering runs with the same thread count on every side.",
+    }
     print(write_result(args.out, result), end="")
 
 

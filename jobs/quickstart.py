@@ -3,7 +3,8 @@
     python jobs/quickstart.py --config configs/quickstart.yaml          (what `bash scripts/main.sh` runs)
     ray job submit --working-dir . -- python jobs/quickstart.py --config configs/quickstart.yaml --keep_serving=false
 
-``--section.key=value`` overrides the config (e.g. ``--train.run.rounds=4``).
+``--section.key=value`` overrides the config (e.g. ``--train.run.rounds=4``); ``-v`` shows Ray's own
+logs. A config error exits with code 2.
 """
 
 import sys

@@ -3,7 +3,8 @@
     ray job submit --working-dir . -- python jobs/train_dsch.py --config configs/fmnist-dsch-64.yaml
 
 Without a cluster, ``python jobs/train_dsch.py --config ...`` starts a local Ray. Any
-``--section.key=value`` overrides the config (e.g. ``--run.num_workers=2``).
+``--section.key=value`` overrides the config (e.g. ``--run.num_workers=2``); ``-v`` shows Ray's own
+logs. A config error exits with code 2.
 """
 
 import sys

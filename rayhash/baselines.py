@@ -21,8 +21,7 @@ def _check_features(x, name: str = "x", dims: int | None = None, dtype=np.float6
     x = np.asarray(x)
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number) or len(x) == 0:
         raise ValueError(
-            f"{name} must be a non-empty numeric array (n, d), got {x.dtype} {x.shape}; "
-            "flatten images first."
+            f"{name} must be a non-empty numeric array (n, d), got {x.dtype} {x.shape}; flatten images first."
         )
     if dims is not None and x.shape[1] != dims:
         raise ValueError(f"{name} has {x.shape[1]} features but the baseline was fitted on {dims}.")
@@ -46,8 +45,7 @@ class _Baseline:
     def _check_fitted(self) -> None:
         if self.projection is None:
             raise RuntimeError(
-                f"{type(self).__name__} is not fitted: call fit(x, nbits, seed) or "
-                "load_state_dict first."
+                f"{type(self).__name__} is not fitted: call fit(x, nbits, seed) or load_state_dict first."
             )
 
     def encode(self, x) -> np.ndarray:
@@ -64,15 +62,11 @@ class _Baseline:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> _Baseline:
         missing = {"mean", "projection"} - set(state)
         if missing:
-            raise ValueError(
-                f"{type(self).__name__} state lacks {sorted(missing)}; it holds {sorted(state)}."
-            )
+            raise ValueError(f"{type(self).__name__} state lacks {sorted(missing)}; it holds {sorted(state)}.")
         mean = np.asarray(state["mean"], np.float64)
         projection = np.asarray(state["projection"], np.float64)
         if mean.ndim != 1 or projection.ndim != 2 or projection.shape[0] != len(mean):
-            raise ValueError(
-                f"state shapes do not fit: mean {mean.shape}, projection {projection.shape}."
-            )
+            raise ValueError(f"state shapes do not fit: mean {mean.shape}, projection {projection.shape}.")
         check_nbits(int(projection.shape[1]))
         self.mean, self.projection = mean, projection
         return self
@@ -124,8 +118,7 @@ class ITQ(_Baseline):
             u_b, _, u_a_t = np.linalg.svd(b.T @ v)
             rotation = u_a_t.T @ u_b.T
             self.loss_history.append(_quantisation_loss(v @ rotation))
-        logger.debug("ITQ %d bits: quantisation loss %.4g -> %.4g",
-                     nbits, self.loss_history[0], self.loss_history[-1])  # fmt: skip
+        logger.debug("ITQ %d bits: quantisation loss %.4g -> %.4g", nbits, self.loss_history[0], self.loss_history[-1])
         self.pca, self.rotation = pca, rotation
         self.projection = pca @ rotation
         return self
@@ -135,9 +128,7 @@ class ITQ(_Baseline):
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> ITQ:
         if not {"pca", "rotation"} <= set(state):
-            raise ValueError(
-                f"ITQ state needs 'pca' and 'rotation' beside the projection; it holds {sorted(state)}."
-            )
+            raise ValueError(f"ITQ state needs 'pca' and 'rotation' beside the projection; it holds {sorted(state)}.")
         super().load_state_dict(state)
         self.pca = np.asarray(state["pca"], np.float64)
         self.rotation = np.asarray(state["rotation"], np.float64)

@@ -3,8 +3,12 @@
     rayhash train --config configs/fmnist-dsch-64.yaml [--run.num_workers=2 ...]
     rayhash eval --checkpoint runs/dsch-fmnist/checkpoint_... [--protocol fmnist-1k]
 
-Every ``--section.key=value`` after the named options overrides the YAML config; unknown keys
-and wrong types stop before any work with a message naming the key.
+Every ``--section.key=value`` after the named options overrides the YAML config, read as the
+field's type (``rayhash.config``). ``rayhash eval`` applies them to the config saved with the
+checkpoint; its named options (``--protocol``, ``--k``, ...) win over the same keys given as
+overrides. An unknown key, a value of the wrong type or an unreadable config file stops every
+subcommand before any work, with one line on stderr and exit code 2. ``-v`` shows debug logs,
+and Ray's own logs on the terminal.
 """
 
 from __future__ import annotations
@@ -13,19 +17,23 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rayhash.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 
-def connect_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def connect_ray(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> None:
     """Join the cluster this process was submitted to (``ray job submit``), else start a local one."""
     from rayhash.ray_utils import ensure_ray
 
     if address or os.environ.get("RAY_ADDRESS"):
-        ensure_ray(address=address or os.environ["RAY_ADDRESS"])
+        ensure_ray(address=address or os.environ["RAY_ADDRESS"], verbose=verbose)
     else:
-        ensure_ray(num_cpus=num_cpus, include_dashboard=False)
+        ensure_ray(num_cpus=num_cpus, include_dashboard=False, verbose=verbose)
 
 
 def cmd_train(ns: argparse.Namespace, overrides: list[str]) -> int:
@@ -34,28 +42,62 @@ def cmd_train(ns: argparse.Namespace, overrides: list[str]) -> int:
     from rayhash.train.trainer import train_job
 
     cfg = load(TrainConfig, ns.config, overrides)
-    logger.info("resolved config:\n%s", dump_yaml(cfg))
-    connect_ray(ns.address, ns.num_cpus)
-    result = train_job(cfg)
-    print(f"checkpoint: {result.checkpoint}")
+    logger.debug("resolved config:\n%s", dump_yaml(cfg))
+    connect_ray(ns.address, ns.num_cpus, ns.verbose)
+    train_job(cfg, verbose=ns.verbose)
     return 0
 
 
-def cmd_eval(ns: argparse.Namespace, overrides: list[str]) -> int:
+def eval_config(
+    saved: dict,
+    checkpoint_uri: str,
+    overrides: Sequence[str] = (),
+    *,
+    protocol: str | None = None,
+    data_path: str | None = None,
+    k: int | None = None,
+    baselines: Sequence[str] | None = None,
+    output: str | None = None,
+) -> TrainConfig:
+    """What ``rayhash eval`` scores with: the run's saved config, its eval section reset to the
+    command's defaults, then ``overrides``, then the named options that were given."""
     from rayhash import storage
+    from rayhash.config import apply_overrides, from_dict
+    from rayhash.train.config import TrainConfig, saved_config
+
+    eval_defaults = {"k": 1000, "output": storage.join(checkpoint_uri, "eval"), "baselines": ["itq", "lsh"]}
+    data = apply_overrides({**saved_config(saved), "eval": eval_defaults}, overrides)
+    named = {
+        ("data", "protocol"): protocol,
+        ("data", "path"): data_path,
+        ("eval", "k"): k,
+        ("eval", "baselines"): None if baselines is None else list(baselines),
+        ("eval", "output"): output,
+    }
+    for (section, key), value in named.items():
+        if value is not None:
+            data.setdefault(section, {})[key] = value
+    return from_dict(TrainConfig, data)
+
+
+def cmd_eval(ns: argparse.Namespace, overrides: list[str]) -> int:
+    from rayhash.config import load
     from rayhash.models import checkpoint
-    from rayhash.config import from_dict, replace
-    from rayhash.train.config import DataConfig, EvalConfig, TrainConfig
+    from rayhash.train.config import TrainConfig
     from rayhash.train.trainer import evaluate_run
 
+    load(TrainConfig, None, overrides)  # a bad key or value stops here, before the checkpoint is read
     saved = checkpoint.load(ns.checkpoint).config
-    cfg = from_dict(TrainConfig, saved)
-    data = cfg.data if ns.protocol is None else replace(cfg.data, protocol=ns.protocol)
-    if ns.data_path:
-        data = replace(data, path=ns.data_path)
-    output = ns.output or storage.join(ns.checkpoint, "eval")
-    cfg = replace(cfg, data=from_dict(DataConfig, data.__dict__),
-                  eval=EvalConfig(k=ns.k, output=output, baselines=tuple(ns.baselines)))
+    cfg = eval_config(
+        saved,
+        ns.checkpoint,
+        overrides,
+        protocol=ns.protocol,
+        data_path=ns.data_path,
+        k=ns.k,
+        baselines=ns.baselines,
+        output=ns.output,
+    )
     evaluate_run(cfg, ns.checkpoint)
     return 0
 
@@ -65,34 +107,53 @@ def cmd_quickstart(ns: argparse.Namespace, overrides: list[str]) -> int:
     from rayhash.quickstart import QuickstartConfig, run
 
     cfg = load(QuickstartConfig, ns.config, overrides)
-    logger.info("resolved config:\n%s", dump_yaml(cfg))
-    connect_ray(ns.address, ns.num_cpus)
-    run(cfg)
+    logger.debug("resolved config:\n%s", dump_yaml(cfg))
+    connect_ray(ns.address, ns.num_cpus, ns.verbose)
+    run(cfg, verbose=ns.verbose)
     return 0
 
 
 def cmd_index(ns: argparse.Namespace, overrides: list[str]) -> int:
     import json
 
-    from rayhash.config import load
+    from rayhash.config import ConfigError, load
     from rayhash.index import IndexBuildConfig, build_from_config
 
-    m = build_from_config(load(IndexBuildConfig, ns.config, overrides))
-    print(json.dumps({"index": m.uri, "kind": m.kind, "params": m.params, "shards": len(m.shards),
-                      "items": m.items, "nbits": m.nbits, "manifest_sha256": m.sha256}))
+    cfg = load(IndexBuildConfig, ns.config, overrides)
+    if not cfg.codeset or not cfg.out:
+        raise ConfigError(
+            "set both codeset (the code-set directory) and out (where to write the index set), "
+            "e.g. --codeset=runs/codes --out=runs/index"
+        )
+    m = build_from_config(cfg)
+    print(
+        json.dumps(
+            {
+                "index": m.uri,
+                "kind": m.kind,
+                "params": m.params,
+                "shards": len(m.shards),
+                "items": m.items,
+                "nbits": m.nbits,
+                "manifest_sha256": m.sha256,
+            }
+        )
+    )
     return 0
 
 
 def cmd_serve(ns: argparse.Namespace, overrides: list[str]) -> int:
+    import dataclasses
     import time
 
     from rayhash.config import apply_overrides, from_dict
     from rayhash.serve import ServeConfig, start
 
-    options = apply_overrides({}, overrides)
-    from_dict(ServeConfig, {**options, "index": ns.index})  # a bad key stops here, before Ray starts
-    connect_ray(ns.address, ns.num_cpus)
-    url = start(ns.index, ns.checkpoint, host=ns.host, port=ns.port, **options)
+    # A bad key or value stops here, before Ray starts.
+    cfg = from_dict(ServeConfig, apply_overrides({"index": ns.index, "checkpoint": ns.checkpoint}, overrides))
+    options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("index", "checkpoint")}
+    connect_ray(ns.address, ns.num_cpus, ns.verbose)
+    url = start(cfg.index, cfg.checkpoint, host=ns.host, port=ns.port, **options)
     print(f"rayhash search answering at {url} (OpenAPI docs at {url}/docs); Ctrl-C stops", flush=True)
     try:
         while True:
@@ -106,9 +167,14 @@ def _protocol_name(text: str) -> str:
     return {"fmnist": "fmnist-1k", "cifar10": "cifar10-1"}.get(text, text)
 
 
+VERBOSE_HELP = "debug logs, and Ray's own logs on the terminal (else they go to Ray's log files)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rayhash", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser = argparse.ArgumentParser(
+        prog="rayhash", description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a hashing model on Ray Train, then evaluate it")
@@ -119,10 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="mAP@k, P@N and PR curves of a checkpoint on a protocol split")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--protocol", type=_protocol_name, help="split name (fmnist, fmnist-1k, cifar10, ...); default: the run's")
+    p.add_argument(
+        "--protocol", type=_protocol_name, help="split name (fmnist, fmnist-1k, cifar10, ...); default: the run's"
+    )
     p.add_argument("--data-path", help="where the source's data is, if not where the run found it")
-    p.add_argument("--k", type=int, default=1000)
-    p.add_argument("--baselines", nargs="*", default=["itq", "lsh"], help="baselines scored beside the checkpoint")
+    p.add_argument("--k", type=int, help="mAP@k (default 1000; the same as --eval.k=...)")
+    p.add_argument("--baselines", nargs="*", help="baselines scored beside the checkpoint (default: itq lsh)")
     p.add_argument("--output", help="report folder (default: <checkpoint>/eval)")
     p.set_defaults(func=cmd_eval)
 
@@ -147,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in _EXTRA_COMMANDS:
         register(sub)
+    for p in sub.choices.values():
+        # Overrides are unknown options, so none may be read as an abbreviation of a named one.
+        p.allow_abbrev = False
+        # SUPPRESS: a -v before the subcommand is not undone by the subcommand's default.
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
@@ -161,20 +234,27 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_encode_p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    ns, rest = parser.parse_known_args(argv)
-    # What argparse does not know is a config override, and must look like one.
-    bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)} (config overrides look like --section.key=value)")
-    overrides = rest
-    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Run one subcommand; the exit code is returned: 0, or 2 for a config error (one line on stderr)."""
     from rayhash.config import ConfigError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    ns, overrides = parser.parse_known_args(argv)
     try:
+        # What argparse does not know is a config override, and must look like one.
+        bad = [a for a in overrides if not (a.startswith("--") and "=" in a)]
+        if bad:
+            raise ConfigError(
+                f"unrecognized arguments: {' '.join(bad)} (config overrides look like --section.key=value)"
+            )
+        # rayhash's own progress at INFO; other libraries (faiss's loader, ...) only warn. With -v,
+        # rayhash's debug logs and the others' INFO (their DEBUG is per-file-open chatter).
+        logging.basicConfig(
+            level=logging.INFO if ns.verbose else logging.WARNING,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        logging.getLogger("rayhash").setLevel(logging.DEBUG if ns.verbose else logging.INFO)
         return ns.func(ns, overrides)
     except ConfigError as e:
-        parser.exit(2, f"rayhash {ns.command}: config error: {e}\n")
-    return 0
+        print(f"rayhash {ns.command}: config error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        return 2

@@ -1,18 +1,39 @@
-"""Frozen dataclass configs from YAML plus ``--key=value`` overrides, checked strictly.
+"""Frozen dataclass configs from YAML plus ``--key=value`` overrides, typed by their fields.
 
 Every stage has its own config class (``TrainConfig``, ``EncodeConfig``, ...). Nested
-sections are dataclasses too and are addressed with dots: ``--model.bits=32``. An unknown
-key or a value of the wrong type fails with :class:`ConfigError` naming the key and the
-keys that are allowed, before any work starts.
+sections are dataclasses too and are addressed with dots: ``--model.bits=32``.
+
+The field's annotation decides what a value means, not YAML's guess. An override's text and
+every unquoted scalar of a YAML file are read as the field's type:
+
+- ``int``: decimal digits, ``010`` is 10 (never octal), ``1_000`` is 1000; ``1.5`` is an error.
+- ``float``: Python's float syntax, so ``1e-3`` is 0.001 (YAML 1.1 would make it a string).
+- ``bool``: ``true``/``false``, ``yes``/``no``, ``on``/``off``, ``1``/``0``, in any case.
+- ``str``: the text as written, digits included (``--run.name=010`` is "010"). A bare
+  ``true``, ``false``, ``yes``, ``no``, ``on``, ``off``, ``null`` or ``~`` is an error: YAML
+  turns these into a bool or None, so a writer may have meant either. Quote the word to mean
+  it: ``--run.name='"no"'`` on the command line, ``name: "no"`` in a file.
+- ``X | None``: ``null``, ``none``, ``~`` or empty text is None; anything else is read as X.
+- ``Literal[...]``: exactly one of the listed values.
+- ``tuple[X, ...]`` / ``list[X]``: ``[a, b]`` or ``a,b``; ``[]`` or empty text is empty.
+- a section (a nested dataclass) is set key by key: ``--optim.lr=1e-3``.
+- ``dict`` / ``Any`` (free-form options handed on, e.g. Serve's deployment options): YAML's rules.
+
+Values that are not text (quoted YAML strings, a checkpoint's saved config, Serve's arguments)
+are checked, not converted; only an int becomes a float. An unknown key, or a value that does
+not read as its field's type, fails with :class:`ConfigError` naming the key, the expected
+type and the value, before any work starts. So does a config file that cannot be read.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
 import typing
-from typing import Any, Mapping, Sequence, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
@@ -20,84 +41,185 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A config key is unknown or its value has the wrong type."""
+    """A config key is unknown, its value has the wrong type, or the config file cannot be read."""
+
+
+class _Text(str):
+    """Unquoted text (an override, or a plain YAML scalar): its field's type decides what it means."""
+
+    __slots__ = ()
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's structure (mappings, lists, quoting), with every plain scalar left as :class:`_Text`."""
+
+
+# Only the merge key (``<<: *defaults``) keeps its implicit resolver; numbers, bools and nulls are
+# left to the field that receives them.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag == "tag:yaml.org,2002:merge"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _construct_text(loader: _Loader, node: yaml.ScalarNode) -> str:
+    value = loader.construct_scalar(node)
+    return _Text(value) if node.style is None else value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:str", _construct_text)
+
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "~"}  # YAML 1.1 makes these bool / None
+_NULLS = {"", "null", "none", "~"}
+_SCALARS = {int: "an integer (int)", float: "a number (float)", bool: "true or false (bool)", str: "a string (str)"}
 
 
 def _unknown_key(key: str, allowed: Sequence[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ConfigError(
-        f"unknown config key {(where + key)!r}.{hint} Allowed keys here: {', '.join(sorted(allowed))}."
-    )
+    return ConfigError(f"unknown config key {(where + key)!r}.{hint} Allowed keys here: {', '.join(sorted(allowed))}.")
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp in _SCALARS:
+        return _SCALARS[tp]
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is Literal:
+        return f"one of {list(args)}"
+    if origin in (tuple, list):
+        return f"a list of {_describe(args[0]) if args else 'values'}"
+    if dataclasses.is_dataclass(tp):
+        return f"a section of keys ({', '.join(f.name for f in dataclasses.fields(tp))})"
+    return "a mapping" if origin is dict or tp is dict else str(tp)
+
+
+def _wrong(key: str, tp: Any, value: Any, why: str = "") -> ConfigError:
+    shown = repr(str(value)) if isinstance(value, _Text) else f"{type(value).__name__} {value!r}"
+    return ConfigError(f"config key {key!r} must be {_describe(tp)}, got {shown}{why}")
+
+
+def _load_text(text: str, key: str) -> Any:
+    try:
+        return yaml.load(text, _Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config key {key!r}: {text!r} is not valid YAML ({' '.join(str(e).split())})") from e
+
+
+def _free(value: Any, key: str) -> Any:
+    """A free-form value (``dict`` / ``Any`` fields): text is read by YAML's own rules."""
+    if isinstance(value, _Text):
+        try:
+            return yaml.safe_load(str(value))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config key {key!r}: {str(value)!r} is not valid YAML") from e
+    if isinstance(value, Mapping):
+        return {_free(k, key): _free(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_free(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _scalar(value: Any, tp: type, key: str) -> Any:
+    if isinstance(value, _Text):
+        text = str(value)
+        if tp is str:
+            if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+                return text[1:-1]
+            if text.strip().lower() in _YAML_WORDS:
+                why = "; YAML reads it as a bool or null: quote it (e.g. '\"no\"') to mean the word"
+                raise _wrong(key, tp, value, why)
+            return text
+        try:
+            if tp is bool:
+                return _BOOLS[text.strip().lower()]
+            return tp(text)  # int("010") is 10; float("1e-3") is 0.001
+        except (KeyError, ValueError):
+            raise _wrong(key, tp, value) from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, tp) and (tp is bool or not isinstance(value, bool)):
+        return str(value) if tp is str else value
+    raise _wrong(key, tp, value)
+
+
+def _sequence(value: Any, tp: Any, key: str) -> tuple:
+    args = typing.get_args(tp)
+    if isinstance(value, _Text):
+        text = value.strip()
+        if text.startswith("["):
+            value = _load_text(text, key)
+        else:
+            value = [_Text(item.strip()) for item in text.split(",")] if text else []
+    if not isinstance(value, (list, tuple)):
+        raise _wrong(key, tp, value)
+    if typing.get_origin(tp) is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(value) != len(args):
+            raise _wrong(key, tp, value, f" ({len(value)} items, {len(args)} expected)")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    item_tp = args[0] if args else Any
+    return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; convert only lossless cases (int -> float)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+    """``value`` as the annotation ``tp`` reads it (module docstring), else :class:`ConfigError`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        return _free(value, key)
+    if origin in (Union, types.UnionType):
+        if type(None) in args and (value is None or (isinstance(value, _Text) and value.strip().lower() in _NULLS)):
             return None
-        errors = []
         for arg in args:
-            if arg is type(None):
-                continue
+            if arg is not type(None):
+                try:
+                    return _coerce(value, arg, key)
+                except ConfigError:
+                    pass
+        raise _wrong(key, tp, value)
+    if origin is Literal:
+        for choice in args:
             try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"config key {key!r}: {value!r} matches none of {tp}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"config key {key!r} must be one of {list(args)}, got {value!r}")
-        return value
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key!r} must be a list, got {type(value).__name__} {value!r}")
-        item_tp = args[0] if args else Any
-        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+                read = _scalar(value, type(choice), key)
+            except ConfigError:
+                continue
+            if type(read) is type(choice) and read == choice:
+                return choice
+        raise _wrong(key, tp, value)
+    if origin in (tuple, list) or tp in (tuple, list):
+        return _sequence(value, tp, key)
     if origin is dict or tp is dict:
+        value = _free(value, key)
         if not isinstance(value, Mapping):
-            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
+            raise _wrong(key, tp, value)
         return dict(value)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        if isinstance(value, _Text) and value.strip().startswith("{"):
+            value = _load_text(value, key)
         if not isinstance(value, Mapping):
-            raise ConfigError(f"config section {key!r} must be a mapping, got {value!r}")
+            first = dataclasses.fields(tp)[0].name
+            raise _wrong(key, tp, value, f"; set its keys one by one, e.g. --{key}.{first}=...")
         return from_dict(tp, value, prefix=f"{key}.")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config key {key!r} must be a number, got {type(value).__name__} {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key {key!r} must be an integer, got {type(value).__name__} {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"config key {key!r} must be a string, got {type(value).__name__} {value!r}")
+    if tp in _SCALARS:
+        return _scalar(value, tp, key)
     raise ConfigError(f"config key {key!r}: unsupported annotation {tp}")
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    """Build ``cls`` from a plain mapping, refusing unknown keys and wrong types."""
+    """Build ``cls`` from a plain mapping, refusing unknown keys and values of the wrong type."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"config {prefix or 'root'} must be a mapping, got {data!r}")
+        raise ConfigError(f"config {prefix.rstrip('.') or 'root'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        if key not in fields:
-            raise _unknown_key(key, list(fields), prefix)
-        kwargs[key] = _coerce(value, hints[key], prefix + key)
+        name = str(key)
+        if name not in fields:
+            raise _unknown_key(name, list(fields), prefix)
+        kwargs[name] = _coerce(value, hints[name], prefix + name)
     return cls(**kwargs)
 
 
@@ -114,16 +236,11 @@ def to_dict(cfg: Any) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
-def _parse_scalar(text: str) -> Any:
-    # YAML's own scalar rules: "32" -> 32, "1e-3" -> 0.001, "true" -> True, "[1, 2]" -> list.
-    value = yaml.safe_load(text)
-    return text if value is None and text not in ("null", "~", "") else value
-
-
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    """Apply ``key=value`` / ``--key=value`` strings (dotted keys) to a nested dict copy."""
-    import copy
+    """Apply ``key=value`` / ``--key=value`` strings (dotted keys) to a nested dict copy.
 
+    Each value is left as text for :func:`from_dict` to read as its field's type.
+    """
     out = copy.deepcopy(data)
     for item in overrides:
         text = item[2:] if item.startswith("--") else item
@@ -136,20 +253,32 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a config section")
-        node[parts[-1]] = _parse_scalar(raw)
+        node[parts[-1]] = _Text(raw)
     return out
+
+
+def read_yaml(path: str) -> dict:
+    """A config file's mapping (local or ``s3://``), plain scalars left for the fields to read."""
+    from rayhash import storage
+
+    try:
+        text = storage.read_text(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path!r}: {' '.join(str(e).split())}") from e
+    try:
+        data = yaml.load(text, _Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path!r} is not valid YAML: {' '.join(str(e).split())}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level of a config file must be a mapping")
+    return data
 
 
 def load(cls: type[T], path: str | None = None, overrides: Sequence[str] = ()) -> T:
     """Load ``cls`` from a YAML file (local or ``s3://``) and apply overrides."""
-    data: dict = {}
-    if path:
-        from rayhash import storage
-
-        data = yaml.safe_load(storage.read_text(path)) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level of a config file must be a mapping")
-    return from_dict(cls, apply_overrides(data, overrides))
+    return from_dict(cls, apply_overrides(read_yaml(path) if path else {}, overrides))
 
 
 def dump_yaml(cfg: Any) -> str:

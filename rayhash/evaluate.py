@@ -15,22 +15,23 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rayhash import plots, storage
-
-from rayhash.codespec import binary as codes
 from rayhash.baselines import create_baseline
+from rayhash.codespec import binary as codes
 from rayhash.data.images import LabeledImages
 from rayhash.data.splits import Split
-from rayhash.models.encoder import ImageEncoder
 from rayhash.metrics import evaluate_codes
+from rayhash.models.encoder import ImageEncoder
 
 logger = logging.getLogger(__name__)
 
 
-def encode_images(encoder: ImageEncoder, images: np.ndarray, batch_size: int = 1024, desc: str = "encode") -> np.ndarray:
+def encode_images(
+    encoder: ImageEncoder, images: np.ndarray, batch_size: int = 1024, desc: str = "encode"
+) -> np.ndarray:
     """Packed codes for a whole array of images, with a progress bar."""
     out = []
     for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-        out.append(encoder.encode(list(images[i:i + batch_size])))
+        out.append(encoder.encode(list(images[i : i + batch_size])))
     return np.concatenate(out)
 
 
@@ -46,8 +47,12 @@ def evaluate_checkpoint(uri: str, data: LabeledImages, split: Split, k: int = 10
     t0 = time.perf_counter()
     packed = encode_images(encoder, data.images[positions], desc="encode queries + database")
     result = _score(packed, data, split, encoder.nbits, k)
-    result.update(method="checkpoint", checkpoint=encoder.checkpoint_uri, checkpoint_sha256=encoder.checkpoint_sha256,
-                  encode_seconds=time.perf_counter() - t0)
+    result.update(
+        method="checkpoint",
+        checkpoint=encoder.checkpoint_uri,
+        checkpoint_sha256=encoder.checkpoint_sha256,
+        encode_seconds=time.perf_counter() - t0,
+    )
     return result
 
 
@@ -77,4 +82,3 @@ def format_table(results: dict[str, dict]) -> str:
     for label, r in results.items():
         lines.append(f"{label:<28} {r['nbits']:>5} {r['map_at_k']:>8.4f}")
     return "\n".join(lines)
-

@@ -45,9 +45,7 @@ def _check_codes(query_codes: np.ndarray, db_codes: np.ndarray) -> tuple[np.ndar
     return q, d
 
 
-def _check_labels(
-    query_labels: np.ndarray, db_labels: np.ndarray, nq: int, ndb: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _check_labels(query_labels: np.ndarray, db_labels: np.ndarray, nq: int, ndb: int) -> tuple[np.ndarray, np.ndarray]:
     """Class labels as given; multi-hot labels as float32 0/1, so overlap is one matmul."""
     ql, dl = np.asarray(query_labels), np.asarray(db_labels)
     if len(ql) != nq or len(dl) != ndb:
@@ -62,9 +60,7 @@ def _check_labels(
         )
     if ql.ndim == 2:
         if ql.shape[1] != dl.shape[1]:
-            raise ValueError(
-                f"multi-hot labels disagree on C: queries {ql.shape[1]}, database {dl.shape[1]}."
-            )
+            raise ValueError(f"multi-hot labels disagree on C: queries {ql.shape[1]}, database {dl.shape[1]}.")
         return (ql > 0).astype(np.float32), (dl > 0).astype(np.float32)
     return ql, dl
 
@@ -103,9 +99,7 @@ def _query_chunks(nq: int, row_elements: int):
         yield slice(start, min(start + rows, nq))
 
 
-def rank_by_hamming(
-    query_codes: np.ndarray, db_codes: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
+def rank_by_hamming(query_codes: np.ndarray, db_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest database rows per query: indices (int64) and distances (int32),
     ``(nq, k)`` each, nearest first, ties in database order."""
     q, d = _check_codes(query_codes, db_codes)
@@ -175,9 +169,7 @@ def _check_ns(ns, ndb: int) -> np.ndarray:
     if ns.ndim != 1 or len(ns) == 0 or not np.issubdtype(ns.dtype, np.integer):
         raise ValueError(f"ns must be a non-empty sequence of integers, got {ns!r}.")
     if ns.min() < 1 or ns.max() > ndb:
-        raise ValueError(
-            f"every N in ns must be in [1, {ndb}] (the database size), got {ns.min()}..{ns.max()}."
-        )
+        raise ValueError(f"every N in ns must be in [1, {ndb}] (the database size), got {ns.min()}..{ns.max()}.")
     return ns.astype(np.int64)
 
 
@@ -206,9 +198,7 @@ def pr_curve_by_radius(
     retrieved (see the module docstring for which queries each mean is over)."""
     q, d = _check_codes(query_codes, db_codes)
     if nbits != 8 * q.shape[1]:
-        raise ValueError(
-            f"nbits={nbits!r} but the packed codes hold {8 * q.shape[1]} bits ({q.shape[1]} bytes)."
-        )
+        raise ValueError(f"nbits={nbits!r} but the packed codes hold {8 * q.shape[1]} bits ({q.shape[1]} bytes).")
     ql, dl = _check_labels(query_labels, db_labels, len(q), len(d))
     if len(q) == 0:
         raise ValueError("query_codes is empty: there is nothing to average over.")

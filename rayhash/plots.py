@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import logging
 from collections import defaultdict
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -48,38 +48,28 @@ def _floats(values, what: str) -> np.ndarray:
 
 def _check_curves(curves: Mapping, what: str) -> None:
     if not isinstance(curves, Mapping) or not curves:
-        raise ValueError(
-            f"{what} must be a non-empty dict of label -> curve, got {type(curves).__name__}."
-        )
+        raise ValueError(f"{what} must be a non-empty dict of label -> curve, got {type(curves).__name__}.")
 
 
-def plot_pr_curves(
-    curves: Mapping[str, Mapping], path: str, title: str = "Precision-recall by Hamming radius"
-) -> None:
+def plot_pr_curves(curves: Mapping[str, Mapping], path: str, title: str = "Precision-recall by Hamming radius") -> None:
     """One line per label; each curve is ``{"precision": [...], "recall": [...]}`` as
     :func:`rayhash.metrics.evaluate_codes` returns under ``pr_curve``."""
     _check_curves(curves, "curves")
     fig, ax = _new_axes(title, "recall", "precision")
     for label, curve in curves.items():
         if not {"precision", "recall"} <= set(curve):
-            raise ValueError(
-                f"PR curve {label!r} needs 'precision' and 'recall' lists, got keys {sorted(curve)}."
-            )
+            raise ValueError(f"PR curve {label!r} needs 'precision' and 'recall' lists, got keys {sorted(curve)}.")
         precision = _floats(curve["precision"], f"{label} precision")
         recall = _floats(curve["recall"], f"{label} recall")
         if precision.shape != recall.shape:
-            raise ValueError(
-                f"PR curve {label!r}: {len(precision)} precision values but {len(recall)} recall values."
-            )
+            raise ValueError(f"PR curve {label!r}: {len(precision)} precision values but {len(recall)} recall values.")
         ax.plot(recall, precision, marker=".", markersize=3, label=str(label))
     ax.set(xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(fontsize=8)
     _save(fig, path)
 
 
-def plot_precision_at_n(
-    curves: Mapping[str, Sequence[float]], path: str, title: str = "Precision at N"
-) -> None:
+def plot_precision_at_n(curves: Mapping[str, Sequence[float]], path: str, title: str = "Precision at N") -> None:
     """One line per label; ``curves[label][i]`` is P@(i + 1)."""
     _check_curves(curves, "curves")
     fig, ax = _new_axes(title, "N (items retrieved)", "precision")

@@ -54,14 +54,15 @@ def write_image_lake(images: np.ndarray, ids: list[str], uri: str, rows_per_file
         return uri
     for start in range(0, len(images), rows_per_file):
         pngs = []
-        for img in images[start:start + rows_per_file]:
+        for img in images[start : start + rows_per_file]:
             buf = io.BytesIO()
             Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="PNG")
             pngs.append(buf.getvalue())
-        table = pa.table({"id": ids[start:start + rows_per_file], "image": pa.array(pngs, pa.binary())})
+        table = pa.table({"id": ids[start : start + rows_per_file], "image": pa.array(pngs, pa.binary())})
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
-        storage.write_bytes_atomic(storage.join(uri, f"part-{start // rows_per_file:05d}.parquet"), sink.getvalue().to_pybytes())
+        part = storage.join(uri, f"part-{start // rows_per_file:05d}.parquet")
+        storage.write_bytes_atomic(part, sink.getvalue().to_pybytes())
     storage.write_text_atomic(storage.join(uri, "_SUCCESS"), "")  # a rerun reuses a finished lake
     return uri
 
@@ -72,7 +73,7 @@ def plot_query_grid(query: np.ndarray, neighbours: list[np.ndarray], captions: l
 
     fig = Figure(figsize=(1.4 * (len(neighbours) + 1), 1.8))
     FigureCanvasAgg(fig)
-    for i, (img, caption) in enumerate(zip([query, *neighbours], ["query", *captions])):
+    for i, (img, caption) in enumerate(zip([query, *neighbours], ["query", *captions], strict=True)):
         ax = fig.add_subplot(1, len(neighbours) + 1, i + 1)
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")
         ax.set_title(caption, fontsize=7)
@@ -82,31 +83,51 @@ def plot_query_grid(query: np.ndarray, neighbours: list[np.ndarray], captions: l
     storage.write_bytes_atomic(path, buf.getvalue())
 
 
-def run(cfg: QuickstartConfig) -> dict:
-    """Needs a running Ray (the job script starts or joins one)."""
+def run(cfg: QuickstartConfig, *, verbose: bool = False) -> dict:
+    """Needs a running Ray (the job script starts or joins one, with ``ensure_ray``). Shows a
+    progress bar per stage and ends with the mAP table, the query's result, the service's address
+    and every path written; ``verbose`` lets Ray's own logs through to the terminal too."""
     from PIL import Image
 
     from rayhash import serve as rh_serve
     from rayhash.encode import EncodeConfig, run_encode
+    from rayhash.evaluate import format_table
     from rayhash.index.build import build_index_set
+    from rayhash.ray_utils import quiet_ray_logs
     from rayhash.serve.client import SearchClient
     from rayhash.train.loop import load_split
+    from rayhash.train.progress import format_summary
     from rayhash.train.trainer import train_job
 
+    quiet_ray_logs(verbose)  # again, now that Serve is imported
     t0 = time.perf_counter()
-    trained = train_job(cfg.train)
+    trained = train_job(cfg.train, verbose=verbose, show=False)
     data, split = load_split(cfg.train.data)
     lake = write_image_lake(data.images, data.ids, storage.join(cfg.workdir, "lake"))
-    manifest = run_encode(EncodeConfig(
-        input=lake, input_format="parquet", id_column="id", checkpoint=trained.checkpoint,
-        output=storage.join(cfg.workdir, "codes"), num_actors=cfg.encode_actors, cpus_per_actor=0.5,
-        cpus_per_decode_task=0.5, progress=True,
-    ))
-    print(f"code set: {manifest.uri}  encoded {manifest.counts['encoded']}, rejected {manifest.counts['rejected']}")
-    print("code health:", {k: v for k, v in manifest.health.items() if k != "bit_balance"},
-          f"bit balance min/max {min(manifest.health['bit_balance']):.3f}/{max(manifest.health['bit_balance']):.3f}")
-    index = build_index_set(manifest.uri, storage.join(cfg.workdir, "index"), num_shards=cfg.num_shards, kind=cfg.index_kind)
-    print(f"index set: {index.uri}  ({cfg.num_shards} {cfg.index_kind} shards, {index.items} items)")
+    manifest = run_encode(
+        EncodeConfig(
+            input=lake,
+            input_format="parquet",
+            id_column="id",
+            checkpoint=trained.checkpoint,
+            output=storage.join(cfg.workdir, "codes"),
+            num_actors=cfg.encode_actors,
+            cpus_per_actor=0.5,
+            cpus_per_decode_task=0.5,
+            progress=True,
+        )
+    )
+    balance = manifest.health["bit_balance"]
+    print(
+        f"code set: {manifest.counts['encoded']} encoded, {manifest.counts['rejected']} rejected; code health",
+        {k: v for k, v in manifest.health.items() if k != "bit_balance"},
+        f"bit balance min/max {min(balance):.3f}/{max(balance):.3f}",
+        flush=True,
+    )
+    index = build_index_set(
+        manifest.uri, storage.join(cfg.workdir, "index"), num_shards=cfg.num_shards, kind=cfg.index_kind
+    )
+    print(f"index set: {cfg.num_shards} {cfg.index_kind} shards, {index.items} items", flush=True)
 
     url = rh_serve.start(index.uri, trained.checkpoint, port=cfg.port)
     client = SearchClient(url)
@@ -119,16 +140,42 @@ def run(cfg: QuickstartConfig) -> dict:
     positions = [int(r["id"]) for r in results]
     same = sum(int(data.labels[p] == data.labels[q]) for p in positions)
     grid = storage.join(cfg.workdir, "query.png")
-    plot_query_grid(data.images[q], [data.images[p] for p in positions],
-                    [f"d={r['distance']} c={data.labels[p]}" for r, p in zip(results, positions)], grid)
-    print(f"search service at {url}: query image {q} (class {data.labels[q]}) -> {len(results)} neighbours "
-          f"(its own indexed copy left out), {same}/{len(results)} of its class; grid at {grid}")
-    print(f"try: curl -s -X POST {url}/search/image -F file=@<image.png>   |   curl -s {url}/stats")
-    summary = {"checkpoint": trained.checkpoint, "codeset": manifest.uri, "index": index.uri, "url": url,
-               "query": q, "neighbours": results, "same_class": same, "grid": grid,
-               "seconds": time.perf_counter() - t0}
+    plot_query_grid(
+        data.images[q],
+        [data.images[p] for p in positions],
+        [f"d={r['distance']} c={data.labels[p]}" for r, p in zip(results, positions, strict=True)],
+        grid,
+    )
+    seconds = time.perf_counter() - t0
+    summary = {
+        "checkpoint": trained.checkpoint,
+        "codeset": manifest.uri,
+        "index": index.uri,
+        "url": url,
+        "query": q,
+        "neighbours": results,
+        "same_class": same,
+        "grid": grid,
+        "seconds": seconds,
+    }
+    written = {
+        "checkpoint": trained.checkpoint,
+        **{f"eval {k}": v for k, v in trained.report.items()},
+        "image lake": lake,
+        "code set": manifest.uri,
+        "index set": index.uri,
+        "query grid": grid,
+    }
+    e = cfg.train.eval
+    table = f"mAP@{e.k} on {cfg.train.data.protocol}\n{format_table(trained.evaluation)}" if trained.evaluation else ""
+    search = (
+        f"query image {q} (class {data.labels[q]}): {same} of its {len(results)} nearest neighbours are of its "
+        f"class (its own indexed copy left out)\nsearch service at {url}; try:\n"
+        f"  curl -s -X POST {url}/search/image -F file=@<image.png>\n  curl -s {url}/stats"
+    )
+    print(format_summary(f"rayhash main job: done in {seconds:.0f} s", [table, search], written), flush=True)
     if cfg.keep_serving:
-        print("serving; Ctrl-C stops", flush=True)
+        print(f"serving at {url}; Ctrl-C stops", flush=True)
         try:
             while True:
                 time.sleep(3600)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 logger = logging.getLogger(__name__)
 
 
-def ensure_ray(**init_kwargs) -> None:
+def ensure_ray(*, verbose: bool = False, **init_kwargs) -> None:
     """Join the cluster in ``RAY_ADDRESS`` (as ``ray job submit`` sets it) or start a local
     one, unless this process is already connected.
+
+    Unless ``verbose``, what Ray says about itself stays in its log files (under the session's
+    ``logs/`` folder, ``/tmp/ray/session_latest/logs`` on a local cluster): its workers' and
+    actors' output is not copied to this terminal, its driver-side loggers show warnings only
+    (Ray Data's, errors only), and Ray Data draws no progress bars of its own. The
+    terminal keeps what the job itself prints: its progress bars, one line per round, results.
 
     Workers read S3 settings (``AWS_ENDPOINT_URL``, ``AWS_REGION``, credentials) from their own
     environment: a local cluster inherits this process's; on a cluster, pass them in the job's
@@ -18,7 +25,30 @@ def ensure_ray(**init_kwargs) -> None:
     """
     import ray
 
+    quiet_ray_logs(verbose)
     if ray.is_initialized():
         return
+    init_kwargs.setdefault("log_to_driver", verbose)
+    init_kwargs.setdefault("logging_level", logging.INFO if verbose else logging.WARNING)
     ray.init(**init_kwargs)
     logger.info("connected to Ray: %s", ray.cluster_resources())
+
+
+def quiet_ray_logs(verbose: bool = False) -> None:
+    """Unless ``verbose``, turn the console loggers of Ray Data (to errors; its log files keep
+    everything) and Ray Serve's driver (to warnings; it has no file) down. Ray Data is imported
+    here; Serve sets its driver logger up when it is imported, and is quieted only if it has
+    been, so an entry point that starts Serve calls this again after importing it."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    # The jobs draw one bar per stage themselves; Ray Data's per-operator bars would draw beside it.
+    ctx.enable_progress_bars = verbose
+    ctx.print_on_execution_start = verbose
+    # Ray Data's warnings are about its own workings (the first says its bars are off).
+    levels = {"ray.data": logging.ERROR, "ray.serve": logging.WARNING} if not verbose else {"ray.data": logging.INFO}
+    for name, level in levels.items():
+        if name in sys.modules:
+            for handler in logging.getLogger(name).handlers:
+                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                    handler.setLevel(level)

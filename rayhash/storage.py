@@ -18,7 +18,7 @@ import logging
 import os
 import posixpath
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import fsspec
 
@@ -45,7 +45,7 @@ def _s3_kwargs() -> dict:
 def fs_path(uri: str) -> str:
     """The path of ``uri`` inside its filesystem (bucket/key for S3), without building a client."""
     uri = str(uri)
-    return uri[len("s3://"):].rstrip("/") if is_s3(uri) else os.path.abspath(os.path.expanduser(uri))
+    return uri[len("s3://") :].rstrip("/") if is_s3(uri) else os.path.abspath(os.path.expanduser(uri))
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -55,7 +55,8 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         import s3fs
 
         # fsspec caches instances by their arguments, so one client serves every call with the
-        # same endpoint (a new client per call costs ~250 ms) and a changed endpoint gets its own.
+        # same endpoint (a client is slow to create, once per call would dominate small reads) and a
+        # changed endpoint gets its own.
         return s3fs.S3FileSystem(**_s3_kwargs()), fs_path(uri)
     return fsspec.filesystem("file"), fs_path(uri)
 
@@ -72,14 +73,14 @@ def arrow_filesystem(uri: str):
         if endpoint:
             scheme, _, host = endpoint.partition("://")
             options.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-        return pafs.S3FileSystem(**options), uri[len("s3://"):].rstrip("/")
+        return pafs.S3FileSystem(**options), uri[len("s3://") :].rstrip("/")
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
 def join(uri: str, *parts: str) -> str:
     uri = str(uri)
     if is_s3(uri):
-        return "s3://" + posixpath.join(uri[len("s3://"):].rstrip("/"), *parts)
+        return "s3://" + posixpath.join(uri[len("s3://") :].rstrip("/"), *parts)
     return os.path.join(uri, *parts)
 
 

@@ -95,14 +95,17 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     """A real rayhash checkpoint of an untrained small CNN (64 bits, seeded), saved locally."""
     import torch
 
-    from rayhash.models import checkpoint
-    from rayhash.models import ModelConfig, build_model
+    from rayhash.models import ModelConfig, build_model, checkpoint
 
     torch.manual_seed(0)
     cfg = ModelConfig(backbone="small_cnn", bits=64)
     model = build_model(cfg)
     model.eval()
     uri = str(tmp_path_factory.mktemp("ckpt") / "tiny")
-    checkpoint.save(uri, config={"model": {"backbone": cfg.backbone, "bits": cfg.bits}}, model=model.state_dict(),
-                    progress={"round": 0})
+    checkpoint.save(
+        uri,
+        config={"model": {"backbone": cfg.backbone, "bits": cfg.bits}},
+        model=model.state_dict(),
+        progress={"round": 0},
+    )
     return uri

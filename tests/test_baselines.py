@@ -5,8 +5,8 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 
-from rayhash.codespec import binary as codes
 from rayhash.baselines import ITQ, LSH, create_baseline
+from rayhash.codespec import binary as codes
 from rayhash.metrics import map_at_k
 
 

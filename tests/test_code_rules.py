@@ -82,6 +82,8 @@ def test_no_local_name_hides_a_module_import():
 
 
 def test_the_shadowing_check_sees_a_shadowed_import():
-    tree = ast.parse("from rayhash import storage\n\ndef main():\n    storage = '/tmp/x'\n    storage.write_text_atomic\n")
+    tree = ast.parse(
+        "from rayhash import storage\n\ndef main():\n    storage = '/tmp/x'\n    storage.write_text_atomic\n"
+    )
     func = tree.body[1]
     assert _bound_names(func) & _imported_names(tree) == {"storage"}

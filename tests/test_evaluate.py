@@ -6,8 +6,8 @@ import numpy as np
 
 from rayhash.codespec import binary as codes
 from rayhash.data.splits import Split
-from rayhash.models.encoder import ImageEncoder
 from rayhash.evaluate import evaluate_baseline, evaluate_checkpoint, write_report
+from rayhash.models.encoder import ImageEncoder
 
 
 def _small_split(labels: np.ndarray) -> Split:

@@ -23,8 +23,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
 MANIFESTS = ("raycluster.yaml", "rayjob-train.yaml", "rayjob-encode.yaml", "rayservice.yaml")
-CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
-             "RayService": "ray.io_rayservices.yaml"}  # fmt: skip
+CRD_FILES = {
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayService": "ray.io_rayservices.yaml",
+}
 CREDENTIAL_VARS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -135,9 +138,10 @@ BREAKAGES = {
     "required headGroupSpec missing": lambda s: s.pop("headGroupSpec"),
     "misspelt field": lambda s: renamed(s, "enableInTreeAutoscaling", "enableInTreeAutoScaling"),
     "rayStartParams value not a string": lambda s: s["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}),
-    "quantity not a quantity": lambda s: s["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-    ["resources"]["limits"].update(memory="16 GiB"),
-}  # fmt: skip
+    "quantity not a quantity": lambda s: s["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"][
+        "limits"
+    ].update(memory="16 GiB"),
+}
 
 
 @pytest.mark.parametrize("breakage", BREAKAGES)
@@ -161,8 +165,11 @@ def cluster_specs() -> list[tuple[str, dict]]:
     out = []
     for name, doc in load_manifests():
         spec = doc["spec"]
-        cluster = {"RayCluster": spec, "RayJob": spec.get("rayClusterSpec"),
-                   "RayService": spec.get("rayClusterConfig")}[doc["kind"]]  # fmt: skip
+        cluster = {
+            "RayCluster": spec,
+            "RayJob": spec.get("rayClusterSpec"),
+            "RayService": spec.get("rayClusterConfig"),
+        }[doc["kind"]]
         assert cluster is not None, f"{name}: no cluster spec (rayClusterSpec / rayClusterConfig)"
         out.append((name, cluster))
     return out
@@ -200,8 +207,11 @@ def test_containers_have_resources_and_s3_settings():
 def test_raycluster_gpu_group_autoscales_from_zero():
     spec = raycluster_spec()
     assert spec["enableInTreeAutoscaling"] is True
-    gpu = [g for g in spec["workerGroupSpecs"]
-           if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]]  # fmt: skip
+    gpu = [
+        g
+        for g in spec["workerGroupSpecs"]
+        if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]
+    ]
     assert len(gpu) == 1 and gpu[0]["minReplicas"] == 0 and gpu[0]["maxReplicas"] >= 4  # the header runs 4 GPU workers
     assert len(spec["workerGroupSpecs"]) == 2, "a CPU group and a GPU group"
 

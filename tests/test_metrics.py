@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 
 from rayhash import metrics
-
 from rayhash.codespec import binary as codes
 
-
 # ---- brute-force references: one query at a time over a full stable argsort ----------------
+
 
 def _is_relevant(a, b) -> bool:
     a, b = np.atleast_1d(a), np.atleast_1d(b)
@@ -40,8 +39,7 @@ def _ref_precision_at(q, d, ql, dl, ns):
     orders = _ranking(q, d)
     out = []
     for n in ns:
-        per_query = [sum(_is_relevant(ql[i], dl[j]) for j in order[:n]) / n
-                     for i, order in enumerate(orders)]  # fmt: skip
+        per_query = [sum(_is_relevant(ql[i], dl[j]) for j in order[:n]) / n for i, order in enumerate(orders)]
         out.append(sum(per_query) / len(per_query))
     return out
 

@@ -5,9 +5,8 @@ import pytest
 from PIL import Image
 
 from rayhash import plots, storage
-
-from rayhash.codespec import binary as codes
 from rayhash.baselines import ITQ, LSH
+from rayhash.codespec import binary as codes
 from rayhash.metrics import evaluate_codes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -23,9 +22,7 @@ def evaluations():
     for model in (LSH(), ITQ()):
         model.fit(x[100:], 16, seed=0)
         packed = codes.pack(model.encode(x))
-        out[type(model).__name__] = evaluate_codes(
-            packed[:100], packed[100:], labels[:100], labels[100:], 16, k=200
-        )
+        out[type(model).__name__] = evaluate_codes(packed[:100], packed[100:], labels[:100], labels[100:], 16, k=200)
     return out
 
 

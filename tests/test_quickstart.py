@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rayhash.models import checkpoint
-
-from rayhash.encode import codeset
-
-from rayhash.index import indexset
 from rayhash.config import ConfigError, load
+from rayhash.encode import codeset
+from rayhash.index import indexset
+from rayhash.models import checkpoint
 from rayhash.quickstart import QuickstartConfig, run
 from rayhash.serve import stop
 from rayhash.serve.app import ServeConfig
@@ -24,11 +22,18 @@ from rayhash.serve.app import ServeConfig
 CONFIG = "configs/quickstart.yaml"
 
 
-def test_main_job_end_to_end(ray_cluster, tmp_path, fashion_mnist):
-    cfg = load(QuickstartConfig, CONFIG, [
-        f"--workdir={tmp_path / 'qs'}", f"--train.run.storage_path={tmp_path / 'runs'}", "--train.run.rounds=2",
-        "--keep_serving=false", "--train.eval.baselines=[]",
-    ])
+def test_main_job_end_to_end(ray_cluster, tmp_path, fashion_mnist, capsys):
+    cfg = load(
+        QuickstartConfig,
+        CONFIG,
+        [
+            f"--workdir={tmp_path / 'qs'}",
+            f"--train.run.storage_path={tmp_path / 'runs'}",
+            "--train.run.rounds=2",
+            "--keep_serving=false",
+            "--train.eval.baselines=[]",
+        ],
+    )
     try:
         out = run(cfg)
     finally:
@@ -49,6 +54,13 @@ def test_main_job_end_to_end(ray_cluster, tmp_path, fashion_mnist):
     assert out["same_class"] >= 5, out
     grid = Image.open(io.BytesIO(open(out["grid"], "rb").read()))
     assert grid.format == "PNG" and np.asarray(grid).std() > 0
+    printed = capsys.readouterr().out
+    assert "round 1/2  loss" in printed and "round 2/2  loss" in printed  # one line per round
+    # The job ends with the mAP table and every path it wrote, after everything else it prints.
+    final = printed[printed.rindex("== rayhash main job") :]
+    assert "mAP@1000" in final and "dsch" in final
+    for path in (out["checkpoint"], out["codeset"], out["index"], out["grid"], str(tmp_path / "qs" / "lake")):
+        assert path in final, (path, final)
 
 
 def test_config_bounds_k_and_query():

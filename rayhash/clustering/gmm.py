@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -206,7 +207,7 @@ def fit_gmm(
     weights, means, covariances = _m_step(stats, m, d, covariance_type, reg_covar)
 
     lower_bound, converged, n_iter = -math.inf, False, 0
-    for n_iter in range(1, max_iter + 1):
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 (n_iter is returned after the loop)
         log_density = _log_density_weights(means, covariances, weights, covariance_type)
         stats = _accumulate(blocks, m, log_density=log_density)
         previous, lower_bound = lower_bound, float(stats[-1]) / n_total

@@ -12,10 +12,20 @@ from rayhash.data.splits import Split, protocol_split, random_split
 _TORCH_NAMES = ("TorchImageDataset", "TwoViewAugment", "eval_transform")
 
 __all__ = [
-    "ImageDecodeError", "LabeledImages", "SOURCES", "Split", "decode_image", "load_cifar10",
-    "load_fashion_mnist", "load_image_files", "load_parquet", "load_source", "protocol_split",
-    "random_split", *_TORCH_NAMES,
-]  # fmt: skip
+    "ImageDecodeError",
+    "LabeledImages",
+    "SOURCES",
+    "Split",
+    "decode_image",
+    "load_cifar10",
+    "load_fashion_mnist",
+    "load_image_files",
+    "load_parquet",
+    "load_source",
+    "protocol_split",
+    "random_split",
+    *_TORCH_NAMES,
+]
 
 
 def __getattr__(name: str):

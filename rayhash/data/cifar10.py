@@ -23,8 +23,7 @@ from rayhash.data.images import LabeledImages
 
 logger = logging.getLogger(__name__)
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-           "dog", "frog", "horse", "ship", "truck")  # fmt: skip
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 _RECORD = 1 + 3 * 32 * 32  # binary version: one label byte, then CHW pixels
 
@@ -72,8 +71,7 @@ def load_restricted_pickle(data: bytes):
 def _parse_binary(raw: bytes, uri: str) -> tuple[np.ndarray, np.ndarray]:
     records = np.frombuffer(raw, dtype=np.uint8)
     if records.size == 0 or records.size % _RECORD:
-        raise ValueError(f"{uri}: {records.size} bytes is not a whole number of "
-                         f"{_RECORD}-byte records.")  # fmt: skip
+        raise ValueError(f"{uri}: {records.size} bytes is not a whole number of {_RECORD}-byte records.")
     records = records.reshape(-1, _RECORD)
     return records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), records[:, 0]
 
@@ -87,15 +85,15 @@ def _parse_python(raw: bytes, uri: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{uri}: batch lacks 'data' or 'labels' (keys: {sorted(batch)}).")
     data, labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
     if data.dtype != np.uint8 or data.shape[1:] != (3072,) or len(labels) != len(data):
-        raise ValueError(f"{uri}: data {data.dtype} {data.shape} with {len(labels)} labels; "
-                         "expected uint8 (n, 3072) and n labels.")  # fmt: skip
+        raise ValueError(
+            f"{uri}: data {data.dtype} {data.shape} with {len(labels)} labels; expected uint8 (n, 3072) and n labels."
+        )
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
 def _find_batches(fs, root: str) -> tuple[str, str]:
     """The folder holding the batches (``root`` or its standard subfolder) and the version."""
-    for folder in (root, posixpath.join(root, "cifar-10-batches-bin"),
-                   posixpath.join(root, "cifar-10-batches-py")):  # fmt: skip
+    for folder in (root, posixpath.join(root, "cifar-10-batches-bin"), posixpath.join(root, "cifar-10-batches-py")):
         try:
             names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(folder, detail=False)}
         except (FileNotFoundError, NotADirectoryError):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -63,9 +63,7 @@ def decode_image(
     img = _open(bytes(data))
     w, h = img.size
     if w * h > max_pixels:
-        raise ImageDecodeError(
-            "decompression_bomb", f"{w}x{h} pixels exceeds max_pixels={max_pixels}"
-        )
+        raise ImageDecodeError("decompression_bomb", f"{w}x{h} pixels exceeds max_pixels={max_pixels}")
     try:
         img.load()
         img = ImageOps.exif_transpose(img)
@@ -114,8 +112,9 @@ def decode_all(
         kept.append(i)
     total = len(kept) + len(skipped)
     if skipped:
-        logger.warning("%s: skipped %d of %d images that did not decode, e.g. %s",
-                       name, len(skipped), total, skipped[:3])  # fmt: skip
+        logger.warning(
+            "%s: skipped %d of %d images that did not decode, e.g. %s", name, len(skipped), total, skipped[:3]
+        )
     if not images:
         raise ValueError(f"{name}: none of the {total} images decoded; first: {skipped[:5]}.")
     shapes = sorted({im.shape for im in images})
@@ -140,7 +139,5 @@ def _open(data: bytes) -> Image.Image:
     except Exception:
         fmt = None
     if fmt:
-        raise ImageDecodeError(
-            "unsupported_format", f"{fmt} is not one of {', '.join(ALLOWED_FORMATS)}"
-        )
+        raise ImageDecodeError("unsupported_format", f"{fmt} is not one of {', '.join(ALLOWED_FORMATS)}")
     raise ImageDecodeError("not_an_image", f"no image format starts with {data[:8]!r}")

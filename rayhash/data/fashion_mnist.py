@@ -18,8 +18,7 @@ from rayhash.data.images import LabeledImages
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")  # fmt: skip
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 _PARTS = (("train", 60_000), ("t10k", 10_000))
 _IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -73,16 +73,22 @@ def load_image_files(
     """
     uris, ids = _list(source)
     images, kept, skipped = decode_all(
-        _read(uris), name=name, image_size=image_size,
-        mode=mode, max_bytes=max_bytes, max_pixels=max_pixels,
+        _read(uris),
+        name=name,
+        image_size=image_size,
+        mode=mode,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
     )
     kept_ids = [ids[i] for i in kept]
     labels, classes = None, None
     if labels_from_dirs:
         dirs = [posixpath.basename(posixpath.dirname(id_)) for id_ in kept_ids]
         if "" in dirs:
-            raise ValueError(f"{name}: labels_from_dirs needs every file inside a class "
-                             f"folder, but {kept_ids[dirs.index('')]} is not.")  # fmt: skip
+            raise ValueError(
+                f"{name}: labels_from_dirs needs every file inside a class "
+                f"folder, but {kept_ids[dirs.index('')]} is not."
+            )
         classes = tuple(sorted(set(dirs)))
         index = {c: i for i, c in enumerate(classes)}
         labels = np.array([index[d] for d in dirs], dtype=np.int64)

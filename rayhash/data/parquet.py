@@ -26,10 +26,10 @@ def image_bytes(column: pa.ChunkedArray, name: str) -> list[bytes | None]:
             raise ValueError(f"image column {name!r} is a struct without a 'bytes' field.")
         field = column.type.field("bytes")
         column = pa.chunked_array([c.field("bytes") for c in column.chunks], field.type)
-    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)
-            or pa.types.is_binary_view(column.type)):  # fmt: skip
-        raise ValueError(f"image column {name!r} has type {column.type}; it must hold encoded "
-                         "image bytes (binary).")  # fmt: skip
+    if not (
+        pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type) or pa.types.is_binary_view(column.type)
+    ):
+        raise ValueError(f"image column {name!r} has type {column.type}; it must hold encoded image bytes (binary).")
     return column.to_pylist()
 
 
@@ -77,23 +77,27 @@ def load_parquet(
             pf = pq.ParquetFile(f)
             missing = [c for c in columns if c not in pf.schema_arrow.names]
             if missing:
-                raise ValueError(f"{u} has no column {missing}; its columns: "
-                                 f"{pf.schema_arrow.names}. Pass image_column= / label_column= "
-                                 "/ id_column=.")  # fmt: skip
+                raise ValueError(
+                    f"{u} has no column {missing}; its columns: "
+                    f"{pf.schema_arrow.names}. Pass image_column= / label_column= "
+                    "/ id_column=."
+                )
             tables.append(pf.read(columns=columns))
     table = pa.concat_tables(tables, promote_options="default")
-    ids = ([str(v) for v in table[id_column].to_pylist()] if id_column
-           else [str(i) for i in range(table.num_rows)])  # fmt: skip
+    ids = [str(v) for v in table[id_column].to_pylist()] if id_column else [str(i) for i in range(table.num_rows)]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{uri}: column {id_column!r} has duplicate ids.")
     blobs = image_bytes(table[image_column], image_column)
     images, kept, skipped = decode_all(
-        zip(ids, blobs), name=name, image_size=image_size,
-        mode=mode, max_bytes=max_bytes, max_pixels=max_pixels,
+        zip(ids, blobs),
+        name=name,
+        image_size=image_size,
+        mode=mode,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
     )
     labels, classes = None, None
     if label_column:
         labels, classes = _labels(table[label_column], label_column)
         labels = labels[kept]
-    return LabeledImages(images, labels, [ids[i] for i in kept], name=name, classes=classes,
-                         skipped=skipped)  # fmt: skip
+    return LabeledImages(images, labels, [ids[i] for i in kept], name=name, classes=classes, skipped=skipped)

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 from rayhash.data.cifar10 import load_cifar10
 from rayhash.data.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist

@@ -54,20 +54,18 @@ def protocol_split(name: str, labels: np.ndarray) -> Split:
     rng = np.random.default_rng(0)
     positions = np.arange(r.n_total)
     is_test = positions >= r.test_start
-    query = np.concatenate([
-        rng.choice(positions[is_test & (labels == c)], r.query_per_class, replace=False)
-        for c in range(r.n_classes)
-    ])
+    query = np.concatenate(
+        [rng.choice(positions[is_test & (labels == c)], r.query_per_class, replace=False) for c in range(r.n_classes)]
+    )
     in_db = np.ones(r.n_total, dtype=bool)
     in_db[query] = False
     database = positions[in_db]
     if r.train_per_class is None:
         train = database.copy()
     else:
-        train = np.concatenate([
-            rng.choice(positions[in_db & (labels == c)], r.train_per_class, replace=False)
-            for c in range(r.n_classes)
-        ])
+        train = np.concatenate(
+            [rng.choice(positions[in_db & (labels == c)], r.train_per_class, replace=False) for c in range(r.n_classes)]
+        )
     return Split(query.astype(np.int64), database.astype(np.int64), train.astype(np.int64), name)
 
 
@@ -83,5 +81,9 @@ def random_split(n: int, n_query: int, n_train: int | None, seed: int = 0) -> Sp
     query = np.sort(perm[:n_query])
     database = np.sort(perm[n_query:])
     train = database if n_train is None else np.sort(rng.choice(database, n_train, replace=False))
-    return Split(query.astype(np.int64), database.astype(np.int64), train.astype(np.int64),
-                 f"random-{n_query}q-{n_train or 'all'}t-seed{seed}")  # fmt: skip
+    return Split(
+        query.astype(np.int64),
+        database.astype(np.int64),
+        train.astype(np.int64),
+        f"random-{n_query}q-{n_train or 'all'}t-seed{seed}",
+    )

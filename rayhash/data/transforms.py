@@ -8,7 +8,7 @@ fed to a 1-channel model is converted to luma.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -74,7 +74,11 @@ def eval_batch_transform(
             stacked = np.stack(images)
         else:
             # A Python call per image dominated encoding time; only mixed sizes take this path.
-            return torch.stack([one(img) for img in images]) if len(images) else torch.empty(0, channels, image_size, image_size)
+            return (
+                torch.stack([one(img) for img in images])
+                if len(images)
+                else torch.empty(0, channels, image_size, image_size)
+            )
         return (torch.from_numpy(np.ascontiguousarray(stacked)).permute(0, 3, 1, 2).float() - shift) * scale
 
     return transform
@@ -85,9 +89,8 @@ class TwoViewAugment:
 
     Crop-resize and flip apply to every image; colour jitter (p=0.8) and random grayscale
     to RGB inputs; brightness and contrast jitter (p=0.8, ``gray_jitter``) to grayscale
-    inputs, their one colour dimension (on Fashion-MNIST, 64 bits, 10 rounds: mAP@1000 0.740
-    with 0.8 against 0.687 without; benchmarks/results/fmnist_recipe_pilots.json); blur
-    (p=0.5) when ``blur=True``; random erasing of a patch (probability ``erase``) last, on the
+    inputs, their one colour dimension, which would otherwise never differ between the views;
+    blur (p=0.5) when ``blur=True``; random erasing of a patch (probability ``erase``) last, on the
     normalised view, so the patch reads as the normalisation's mean intensity.
     """
 

@@ -1,14 +1,14 @@
 """``rayhash encode`` and ``jobs/encode.py``: parse a config, join Ray, run the job, print a summary.
 
-    rayhash encode --config configs/encode-fmnist.yaml --output=s3://bucket/codes --num_actors=4
+rayhash encode --config configs/encode-fmnist.yaml --output=s3://bucket/codes --num_actors=4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-from typing import Sequence
+import sys
+from collections.abc import Sequence
 
 from rayhash.config import load
 
@@ -17,8 +17,12 @@ DESCRIPTION = "Encode an image lake (folder, s3:// prefix, list file or Parquet)
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``encode`` on the ``rayhash`` command's subparsers."""
-    p = sub.add_parser("encode", help=DESCRIPTION, description=DESCRIPTION,
-                       epilog="Override any config key: --output=s3://bucket/codes --num_actors=4")  # fmt: skip
+    p = sub.add_parser(
+        "encode",
+        help=DESCRIPTION,
+        description=DESCRIPTION,
+        epilog="Override any config key: --output=s3://bucket/codes --num_actors=4",
+    )
     p.add_argument("--config", help="YAML config (local or s3://); keys are rayhash.encode.EncodeConfig's")
     p.set_defaults(func=cmd_encode)
 
@@ -28,7 +32,7 @@ def cmd_encode(ns: argparse.Namespace, overrides: Sequence[str]) -> int:
     from rayhash.ray_utils import ensure_ray
 
     cfg = load(EncodeConfig, ns.config, overrides)  # a bad key stops here, before Ray starts
-    ensure_ray()
+    ensure_ray(verbose=ns.verbose)
     manifest = run_encode(cfg)
     health = {k: v for k, v in manifest.health.items() if k != "bit_balance"}
     print(json.dumps({"code_set": manifest.uri, "manifest_sha256": manifest.sha256, **manifest.counts, **health}))
@@ -36,8 +40,7 @@ def cmd_encode(ns: argparse.Namespace, overrides: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jobs/encode.py", description=DESCRIPTION)
-    parser.add_argument("--config", help="YAML config (local or s3://); keys are rayhash.encode.EncodeConfig's")
-    ns, overrides = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return cmd_encode(ns, overrides)
+    """``rayhash encode ARGV``: the exit code, 2 for a config error."""
+    from rayhash.cli import main as rayhash_main
+
+    return rayhash_main(["encode", *(sys.argv[1:] if argv is None else argv)])

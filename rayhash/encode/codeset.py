@@ -22,15 +22,16 @@ import hashlib
 import io
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rayhash.codespec import binary as codes_lib
 from rayhash import storage
+from rayhash.codespec import binary as codes_lib
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,9 @@ _HEALTH_CHUNK = 1 << 18  # rows unpacked at a time when accumulating bit statist
 
 
 def codes_schema(nbits: int) -> pa.Schema:
-    return pa.schema([("id", pa.string()), ("code", pa.binary(codes_lib.check_nbits(nbits) // 8)),
-                      ("source", pa.string())])  # fmt: skip
+    return pa.schema(
+        [("id", pa.string()), ("code", pa.binary(codes_lib.check_nbits(nbits) // 8)), ("source", pa.string())]
+    )
 
 
 @dataclass(frozen=True)
@@ -102,14 +104,16 @@ def codes_from_arrow(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     nbytes = column.type.byte_width
     data = np.frombuffer(column.buffers()[1], dtype=np.uint8)
     start = column.offset * nbytes
-    return data[start:start + len(column) * nbytes].reshape(len(column), nbytes)
+    return data[start : start + len(column) * nbytes].reshape(len(column), nbytes)
 
 
 def codes_table(ids: Sequence[str], codes: np.ndarray, sources: Sequence[str], nbits: int) -> pa.Table:
     if not len(ids) == len(codes) == len(sources):
         raise ValueError(f"ids, codes and sources differ in length: {len(ids)}, {len(codes)}, {len(sources)}")
-    return pa.Table.from_arrays([pa.array(list(ids), pa.string()), codes_to_arrow(codes, nbits),
-                                 pa.array(list(sources), pa.string())], schema=codes_schema(nbits))  # fmt: skip
+    return pa.Table.from_arrays(
+        [pa.array(list(ids), pa.string()), codes_to_arrow(codes, nbits), pa.array(list(sources), pa.string())],
+        schema=codes_schema(nbits),
+    )
 
 
 def errors_table(rows: pa.Table | Sequence[tuple[str, str, str]]) -> pa.Table:
@@ -139,14 +143,24 @@ def write_shard(codeset_uri: str, path: str, table: pa.Table) -> ShardInfo:
     return ShardInfo(path=path, rows=table.num_rows, sha256=storage.sha256_bytes(data))
 
 
-def commit(codeset_uri: str, *, nbits: int, checkpoint_uri: str, checkpoint_sha256: str, config: dict,
-           shards: Sequence[ShardInfo], errors: Sequence[ShardInfo], counts: dict, health: dict) -> CodeSetManifest:
+def commit(
+    codeset_uri: str,
+    *,
+    nbits: int,
+    checkpoint_uri: str,
+    checkpoint_sha256: str,
+    config: dict,
+    shards: Sequence[ShardInfo],
+    errors: Sequence[ShardInfo],
+    counts: dict,
+    health: dict,
+) -> CodeSetManifest:
     """Write ``manifest.json`` (one atomic write): from here on the code set is these shards."""
     body = {
         "format_version": FORMAT_VERSION,
         "kind": KIND,
         "nbits": int(nbits),
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "checkpoint": {"uri": checkpoint_uri, "sha256": checkpoint_sha256},
         "config": config,
         "shards": [dataclasses.asdict(s) for s in shards],
@@ -156,15 +170,29 @@ def commit(codeset_uri: str, *, nbits: int, checkpoint_uri: str, checkpoint_sha2
     }
     text = json.dumps(body, indent=1) + "\n"
     storage.write_text_atomic(storage.join(codeset_uri, MANIFEST_FILE), text)
-    logger.info("committed code set %s: %d codes in %d shards, %d rejected", codeset_uri,
-                counts.get("encoded", 0), len(shards), counts.get("rejected", 0))  # fmt: skip
+    logger.info(
+        "committed code set %s: %d codes in %d shards, %d rejected",
+        codeset_uri,
+        counts.get("encoded", 0),
+        len(shards),
+        counts.get("rejected", 0),
+    )
     return _parse(codeset_uri, text.encode("utf-8"))
 
 
-def write_codeset(uri: str, *, ids: Sequence[str], codes: np.ndarray, sources: Sequence[str], nbits: int,
-                  checkpoint_uri: str, checkpoint_sha256: str, config: dict,
-                  errors: pa.Table | Sequence[tuple[str, str, str]] | None = None,
-                  rows_per_shard: int = 1_000_000) -> CodeSetManifest:
+def write_codeset(
+    uri: str,
+    *,
+    ids: Sequence[str],
+    codes: np.ndarray,
+    sources: Sequence[str],
+    nbits: int,
+    checkpoint_uri: str,
+    checkpoint_sha256: str,
+    config: dict,
+    errors: pa.Table | Sequence[tuple[str, str, str]] | None = None,
+    rows_per_shard: int = 1_000_000,
+) -> CodeSetManifest:
     """Write a whole code set from memory (same layout as the Ray encode job) and commit it."""
     if rows_per_shard <= 0:
         raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
@@ -179,13 +207,23 @@ def write_codeset(uri: str, *, ids: Sequence[str], codes: np.ndarray, sources: S
     for part in ("\0".join(ids), codes.tobytes(), "\0".join(sources), str(err.to_pylist())):
         h.update(part if isinstance(part, bytes) else part.encode())
     run = f"{RUNS_DIR}/{h.hexdigest()[:16]}"
-    shards = [write_shard(uri, f"{run}/codes-{i:05d}.parquet", table.slice(start, rows_per_shard))
-              for i, start in enumerate(range(0, table.num_rows, rows_per_shard))]  # fmt: skip
+    shards = [
+        write_shard(uri, f"{run}/codes-{i:05d}.parquet", table.slice(start, rows_per_shard))
+        for i, start in enumerate(range(0, table.num_rows, rows_per_shard))
+    ]
     err_shards = [write_shard(uri, f"{run}/errors-00000.parquet", err)] if err.num_rows else []
     counts = {"inputs": table.num_rows + err.num_rows, "encoded": table.num_rows, "rejected": err.num_rows}
-    return commit(uri, nbits=nbits, checkpoint_uri=checkpoint_uri, checkpoint_sha256=checkpoint_sha256,
-                  config=config, shards=shards, errors=err_shards, counts=counts,
-                  health=code_health(codes, nbits))  # fmt: skip
+    return commit(
+        uri,
+        nbits=nbits,
+        checkpoint_uri=checkpoint_uri,
+        checkpoint_sha256=checkpoint_sha256,
+        config=config,
+        shards=shards,
+        errors=err_shards,
+        counts=counts,
+        health=code_health(codes, nbits),
+    )
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -203,23 +241,33 @@ def _parse(codeset_uri: str, data: bytes) -> CodeSetManifest:
     if body.get("kind") != KIND:
         raise ValueError(f"{codeset_uri}: manifest kind is {body.get('kind')!r}, not {KIND!r}")
     if body.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{codeset_uri}: code set format {body.get('format_version')!r}; "
-                         f"this rayhash reads format {FORMAT_VERSION}")  # fmt: skip
+        raise ValueError(
+            f"{codeset_uri}: code set format {body.get('format_version')!r}; this rayhash reads format {FORMAT_VERSION}"
+        )
     return CodeSetManifest(
-        uri=codeset_uri, nbits=int(body["nbits"]),
-        checkpoint_uri=body["checkpoint"]["uri"], checkpoint_sha256=body["checkpoint"]["sha256"],
-        shards=tuple(ShardInfo(**s) for s in body["shards"]), errors=tuple(ShardInfo(**s) for s in body["errors"]),
-        counts=body["counts"], health=body["health"], config=body["config"], created_at=body.get("created_at", ""),
-        sha256=storage.sha256_bytes(data), format_version=body["format_version"],
-    )  # fmt: skip
+        uri=codeset_uri,
+        nbits=int(body["nbits"]),
+        checkpoint_uri=body["checkpoint"]["uri"],
+        checkpoint_sha256=body["checkpoint"]["sha256"],
+        shards=tuple(ShardInfo(**s) for s in body["shards"]),
+        errors=tuple(ShardInfo(**s) for s in body["errors"]),
+        counts=body["counts"],
+        health=body["health"],
+        config=body["config"],
+        created_at=body.get("created_at", ""),
+        sha256=storage.sha256_bytes(data),
+        format_version=body["format_version"],
+    )
 
 
 def read_manifest(uri: str) -> CodeSetManifest:
     """The committed manifest of a code set (``uri`` is its directory or its manifest.json)."""
     codeset_uri, manifest_uri = _manifest_uri(uri)
     if not storage.exists(manifest_uri):
-        raise FileNotFoundError(f"no {MANIFEST_FILE} at {codeset_uri}: the code set was never committed "
-                                "(an encode job that did not finish leaves none). Run the encode job to the end.")
+        raise FileNotFoundError(
+            f"no {MANIFEST_FILE} at {codeset_uri}: the code set was never committed "
+            "(an encode job that did not finish leaves none). Run the encode job to the end."
+        )
     return _parse(codeset_uri, storage.read_bytes(manifest_uri))
 
 
@@ -246,8 +294,9 @@ def read_shard(manifest_or_uri: CodeSetManifest | str, i: int, verify: bool = Tr
     return table
 
 
-def read_codes(manifest_or_uri: CodeSetManifest | str,
-               verify: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def read_codes(
+    manifest_or_uri: CodeSetManifest | str, verify: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(ids, codes uint8 (n, nbits/8), sources)`` of every shard, in manifest order."""
     m = _as_manifest(manifest_or_uri)
     tables = [read_shard(m, i, verify) for i in range(len(m.shards))]
@@ -283,7 +332,7 @@ def code_health(codes: np.ndarray, nbits: int) -> dict[str, Any]:
     ones = np.zeros(nbits)
     gram = np.zeros((nbits, nbits))  # sum over rows of b b^T, accumulated in chunks
     for start in range(0, n, _HEALTH_CHUNK):
-        bits = codes_lib.unpack(codes[start:start + _HEALTH_CHUNK], nbits).astype(np.float64)
+        bits = codes_lib.unpack(codes[start : start + _HEALTH_CHUNK], nbits).astype(np.float64)
         ones += bits.sum(0)
         gram += bits.T @ bits
     p = ones / n

@@ -46,4 +46,3 @@ class EncodeConfig:
             raise ConfigError(f"encode config 'torch_threads' must be >= 0, got {self.torch_threads}")
         if self.id_column and self.input_format != "parquet":
             raise ConfigError("encode config 'id_column' applies to input_format 'parquet' only")
-

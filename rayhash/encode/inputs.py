@@ -33,20 +33,28 @@ from rayhash.encode.config import EncodeConfig
 
 logger = logging.getLogger(__name__)
 
-ITEMS_SCHEMA = pa.schema([
-    ("uri", pa.string()),  # file URI
-    ("id", pa.string()),  # the row's id (files) or the id prefix of the file's rows (parquet)
-    ("size", pa.int64()),  # bytes, -1 when unknown (list input)
-    ("row_group", pa.int32()),  # -1 for image files
-    ("first_row", pa.int64()),  # position of the row group's first row within its file
-    ("rows", pa.int64()),
-    ("chunk", pa.int32()),
-])  # fmt: skip
-LOADED_SCHEMA = pa.schema([
-    ("id", pa.string()), ("source", pa.string()), ("chunk", pa.int32()),
-    ("pixels", pa.binary()), ("shape", pa.list_(pa.int32(), 3)),  # null for rejected inputs
-    ("reason", pa.string()), ("message", pa.string()),  # null for decoded images
-])  # fmt: skip
+ITEMS_SCHEMA = pa.schema(
+    [
+        ("uri", pa.string()),  # file URI
+        ("id", pa.string()),  # the row's id (files) or the id prefix of the file's rows (parquet)
+        ("size", pa.int64()),  # bytes, -1 when unknown (list input)
+        ("row_group", pa.int32()),  # -1 for image files
+        ("first_row", pa.int64()),  # position of the row group's first row within its file
+        ("rows", pa.int64()),
+        ("chunk", pa.int32()),
+    ]
+)
+LOADED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("chunk", pa.int32()),
+        ("pixels", pa.binary()),
+        ("shape", pa.list_(pa.int32(), 3)),  # null for rejected inputs
+        ("reason", pa.string()),
+        ("message", pa.string()),  # null for decoded images
+    ]
+)
 
 
 def _relative(path: str, root: str) -> str:
@@ -59,9 +67,11 @@ def _find(uri: str, suffixes: tuple[str, ...]) -> list[tuple[str, str, int]]:
     fs, root = storage.filesystem(uri)
     found = {root: fs.info(root)} if fs.isfile(root) else fs.find(root, detail=True)
     suffixes = tuple(s.lower() for s in suffixes)
-    out = [(storage.to_uri(p, uri), _relative(p, root), int(info.get("size") or 0))
-           for p, info in found.items()
-           if info.get("type") != "directory" and (not suffixes or p.lower().endswith(suffixes))]  # fmt: skip
+    out = [
+        (storage.to_uri(p, uri), _relative(p, root), int(info.get("size") or 0))
+        for p, info in found.items()
+        if info.get("type") != "directory" and (not suffixes or p.lower().endswith(suffixes))
+    ]
     return sorted(out)
 
 
@@ -141,8 +151,9 @@ def _fetch_files(items: pa.Table, max_bytes: int) -> list[bytes | Exception]:
     return out
 
 
-def _fetch_row_group(uri: str, group: int, rows: int, image_column: str, id_column: str
-                     ) -> tuple[list[bytes | Exception], list[str] | None]:  # fmt: skip
+def _fetch_row_group(
+    uri: str, group: int, rows: int, image_column: str, id_column: str
+) -> tuple[list[bytes | Exception], list[str] | None]:
     try:
         fs, path = storage.arrow_filesystem(uri)
         with fs.open_input_file(path) as f:
@@ -168,8 +179,15 @@ def _expand(items: pa.Table, image_column: str, id_column: str, max_bytes: int):
             yield (ids[k] if ids else f"{it['id']}#{row}"), f"{it['uri']}#{row}", it["chunk"], d
 
 
-def load_images(items: pa.Table, *, image_column: str = "image", id_column: str = "", max_bytes: int,
-                max_pixels: int, mode: str | None) -> pa.Table:  # fmt: skip
+def load_images(
+    items: pa.Table,
+    *,
+    image_column: str = "image",
+    id_column: str = "",
+    max_bytes: int,
+    max_pixels: int,
+    mode: str | None,
+) -> pa.Table:
     """Ray Data UDF: input items -> one ``LOADED_SCHEMA`` row per image, decoded or rejected.
 
     Every file is read and decoded in its own try/except, so a bad input becomes a row with a

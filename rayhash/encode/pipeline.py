@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -20,15 +20,13 @@ import pyarrow.compute as pc
 import ray
 from tqdm.auto import tqdm
 
-from rayhash.models import checkpoint
-
-from rayhash.encode import codeset
 from rayhash.config import from_dict, to_dict
-from rayhash.encode import inputs, staging
+from rayhash.encode import codeset, inputs, staging
 from rayhash.encode.config import EncodeConfig
-from rayhash.models import ModelConfig, input_spec
+from rayhash.models import ModelConfig, checkpoint, input_spec
 
 logger = logging.getLogger(__name__)
+
 
 class EncodeImages:
     """Ray Data actor: loads the checkpoint once, then turns batches into codes.
@@ -38,19 +36,30 @@ class EncodeImages:
     rows pass through with a null code, so the driver sees every input exactly once.
     """
 
-    def __init__(self, checkpoint_uri: str, checkpoint_sha256: str, *, batch_size: int, use_gpu: bool,
-                 torch_threads: int, load: dict | None = None):  # fmt: skip
+    def __init__(
+        self,
+        checkpoint_uri: str,
+        checkpoint_sha256: str,
+        *,
+        batch_size: int,
+        use_gpu: bool,
+        torch_threads: int,
+        load: dict | None = None,
+    ):
         import torch
 
         from rayhash.models.encoder import ImageEncoder
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.encoder = ImageEncoder.from_checkpoint(checkpoint_uri, device=None if use_gpu else "cpu",
-                                                    batch_size=batch_size)  # fmt: skip
+        self.encoder = ImageEncoder.from_checkpoint(
+            checkpoint_uri, device=None if use_gpu else "cpu", batch_size=batch_size
+        )
         if self.encoder.checkpoint_sha256 != checkpoint_sha256:
-            raise RuntimeError(f"checkpoint {checkpoint_uri} changed while the job ran (SHA-256 "
-                               f"{self.encoder.checkpoint_sha256}, the job started with {checkpoint_sha256})")  # fmt: skip
+            raise RuntimeError(
+                f"checkpoint {checkpoint_uri} changed while the job ran (SHA-256 "
+                f"{self.encoder.checkpoint_sha256}, the job started with {checkpoint_sha256})"
+            )
         self.load = load
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -61,9 +70,16 @@ class EncodeImages:
         codes: list[bytes | None] = [None] * batch.num_rows
         for i, row in zip(ok, packed):
             codes[i] = row.tobytes()
-        return pa.table({"id": batch["id"], "code": pa.array(codes, pa.binary(self.encoder.nbits // 8)),
-                         "source": batch["source"], "chunk": batch["chunk"], "reason": batch["reason"],
-                         "message": batch["message"]})  # fmt: skip
+        return pa.table(
+            {
+                "id": batch["id"],
+                "code": pa.array(codes, pa.binary(self.encoder.nbits // 8)),
+                "source": batch["source"],
+                "chunk": batch["chunk"],
+                "reason": batch["reason"],
+                "message": batch["message"],
+            }
+        )
 
 
 def _check_resources(cfg: EncodeConfig) -> None:
@@ -71,31 +87,53 @@ def _check_resources(cfg: EncodeConfig) -> None:
     have = ray.cluster_resources()
     if need_cpu > have.get("CPU", 0) or (cfg.use_gpu and cfg.num_actors > have.get("GPU", 0)):
         # An autoscaling cluster may still grow; a fixed one would wait forever.
-        logger.warning("the encode job needs %.2f CPUs%s but the cluster has %s now; it will wait for more. "
-                       "Lower num_actors or cpus_per_actor (fractions are fine) if no more are coming.",
-                       need_cpu, f" and {cfg.num_actors} GPUs" if cfg.use_gpu else "", have)  # fmt: skip
+        logger.warning(
+            "the encode job needs %.2f CPUs%s but the cluster has %s now; it will wait for more. "
+            "Lower num_actors or cpus_per_actor (fractions are fine) if no more are coming.",
+            need_cpu,
+            f" and {cfg.num_actors} GPUs" if cfg.use_gpu else "",
+            have,
+        )
 
 
-def _dataset(cfg: EncodeConfig, todo: pa.Table, ckpt: checkpoint.Checkpoint, mode: str) -> "ray.data.Dataset":
+def _dataset(cfg: EncodeConfig, todo: pa.Table, ckpt: checkpoint.Checkpoint, mode: str) -> ray.data.Dataset:
     # One block per read_batch items: the unit of reading and decoding.
     blocks = [todo.slice(s, cfg.read_batch) for s in range(0, todo.num_rows, cfg.read_batch)]
     ds = ray.data.from_arrow(blocks)
-    load = dict(image_column=cfg.image_column, id_column=cfg.id_column, max_bytes=cfg.max_image_bytes,
-                max_pixels=cfg.max_image_pixels, mode=mode)  # fmt: skip
+    load = dict(
+        image_column=cfg.image_column,
+        id_column=cfg.id_column,
+        max_bytes=cfg.max_image_bytes,
+        max_pixels=cfg.max_image_pixels,
+        mode=mode,
+    )
     if cfg.use_gpu:
         # Decode on CPU tasks so the GPU actors only run the model. On CPU, decoding inside the
         # actors saves a hop through the object store and cannot starve: tasks beside actors
         # that hold every CPU would never be scheduled.
-        ds = ds.map_batches(inputs.load_images, batch_size=None, batch_format="pyarrow",
-                            num_cpus=cfg.cpus_per_decode_task, fn_kwargs=load)  # fmt: skip
+        ds = ds.map_batches(
+            inputs.load_images,
+            batch_size=None,
+            batch_format="pyarrow",
+            num_cpus=cfg.cpus_per_decode_task,
+            fn_kwargs=load,
+        )
     return ds.map_batches(
-        EncodeImages, batch_size=cfg.batch_size if cfg.use_gpu else None, batch_format="pyarrow",
+        EncodeImages,
+        batch_size=cfg.batch_size if cfg.use_gpu else None,
+        batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-        num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0,
-        fn_constructor_kwargs=dict(checkpoint_uri=ckpt.uri, checkpoint_sha256=ckpt.sha256, batch_size=cfg.batch_size,
-                                   use_gpu=cfg.use_gpu, torch_threads=cfg.torch_threads,
-                                   load=None if cfg.use_gpu else load),
-    )  # fmt: skip
+        num_cpus=cfg.cpus_per_actor,
+        num_gpus=1 if cfg.use_gpu else 0,
+        fn_constructor_kwargs=dict(
+            checkpoint_uri=ckpt.uri,
+            checkpoint_sha256=ckpt.sha256,
+            batch_size=cfg.batch_size,
+            use_gpu=cfg.use_gpu,
+            torch_threads=cfg.torch_threads,
+            load=None if cfg.use_gpu else load,
+        ),
+    )
 
 
 def complete_chunks(batches: Iterable[pa.Table], expected: dict[int, int]) -> Iterator[tuple[int, pa.Table]]:
@@ -149,8 +187,16 @@ def run_encode(cfg: EncodeConfig, *, on_staged: Callable[[int, int], None] | Non
         if found := staging.load_chunk(cfg.output, run, i, fingerprints[i], nbits):
             staged[i] = found
     todo = {i: expected[i] for i in range(len(chunks)) if i not in staged}
-    logger.info("encoding %s into %s/%s: %d inputs in %d chunks, %d chunks already staged, %d inputs to encode",
-                cfg.input, cfg.output, run, sum(expected), len(chunks), len(staged), sum(todo.values()))  # fmt: skip
+    logger.info(
+        "encoding %s into %s/%s: %d inputs in %d chunks, %d chunks already staged, %d inputs to encode",
+        cfg.input,
+        cfg.output,
+        run,
+        sum(expected),
+        len(chunks),
+        len(staged),
+        sum(todo.values()),
+    )
 
     stream_started = time.perf_counter()
     if todo:
@@ -165,27 +211,46 @@ def run_encode(cfg: EncodeConfig, *, on_staged: Callable[[int, int], None] | Non
 
     manifest = _commit(cfg, ckpt, run, nbits, [staged[i] for i in range(len(chunks))], sum(expected))
     rate = sum(todo.values()) / elapsed if todo else 0.0
-    logger.info("encode done: %d encoded, %d rejected (%d inputs, %d reused from staged chunks) in %.1f s; "
-                "%.0f images/s this run", manifest.counts["encoded"], manifest.counts["rejected"], sum(expected),
-                sum(expected) - sum(todo.values()), time.perf_counter() - started, rate)  # fmt: skip
+    logger.info(
+        "encode done: %d encoded, %d rejected (%d inputs, %d reused from staged chunks) in %.1f s; "
+        "%.0f images/s this run",
+        manifest.counts["encoded"],
+        manifest.counts["rejected"],
+        sum(expected),
+        sum(expected) - sum(todo.values()),
+        time.perf_counter() - started,
+        rate,
+    )
     return manifest
 
 
-def _commit(cfg: EncodeConfig, ckpt: checkpoint.Checkpoint, run: str, nbits: int,
-            chunks: list[tuple[staging.StagedChunk, pa.Table]], num_inputs: int) -> codeset.CodeSetManifest:  # fmt: skip
+def _commit(
+    cfg: EncodeConfig,
+    ckpt: checkpoint.Checkpoint,
+    run: str,
+    nbits: int,
+    chunks: list[tuple[staging.StagedChunk, pa.Table]],
+    num_inputs: int,
+) -> codeset.CodeSetManifest:
     """Check that every input is in exactly one shard, then write the manifest."""
     all_codes = pa.concat_tables([codes for _, codes in chunks])
     if pc.count_distinct(all_codes["id"]).as_py() != all_codes.num_rows:
-        raise ValueError(f"ids repeat across {cfg.input}; with input_format='parquet' set a unique id_column, "
-                         "or leave it empty for '<file>#<row>' ids")  # fmt: skip
+        raise ValueError(
+            f"ids repeat across {cfg.input}; with input_format='parquet' set a unique id_column, "
+            "or leave it empty for '<file>#<row>' ids"
+        )
     packed = codeset.codes_from_arrow(all_codes["code"])
     rejected = sum(c.errors.rows for c, _ in chunks if c.errors)
     if len(packed) + rejected != num_inputs:
         raise RuntimeError(f"{len(packed)} encoded + {rejected} rejected != {num_inputs} inputs; nothing was committed")
     return codeset.commit(
-        cfg.output, nbits=nbits, checkpoint_uri=ckpt.uri, checkpoint_sha256=ckpt.sha256,
+        cfg.output,
+        nbits=nbits,
+        checkpoint_uri=ckpt.uri,
+        checkpoint_sha256=ckpt.sha256,
         config={**to_dict(cfg), "checkpoint": ckpt.uri, "run": run},
-        shards=[c.codes for c, _ in chunks if c.codes], errors=[c.errors for c, _ in chunks if c.errors],
+        shards=[c.codes for c, _ in chunks if c.codes],
+        errors=[c.errors for c, _ in chunks if c.errors],
         counts={"inputs": num_inputs, "encoded": len(packed), "rejected": rejected},
         health=codeset.code_health(packed, nbits),
-    )  # fmt: skip
+    )

@@ -22,16 +22,23 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayhash import storage
-
-from rayhash.encode import codeset
 from rayhash.config import to_dict
+from rayhash.encode import codeset
 from rayhash.encode.config import EncodeConfig
 
 logger = logging.getLogger(__name__)
 
 # Config fields that change which rows or codes a run produces (batch sizes and widths do not).
-RUN_KEY_FIELDS = ("input", "input_format", "extensions", "image_column", "id_column", "rows_per_shard",
-                  "max_image_bytes", "max_image_pixels")  # fmt: skip
+RUN_KEY_FIELDS = (
+    "input",
+    "input_format",
+    "extensions",
+    "image_column",
+    "id_column",
+    "rows_per_shard",
+    "max_image_bytes",
+    "max_image_pixels",
+)
 
 
 @dataclass(frozen=True)
@@ -53,27 +60,30 @@ def _sidecar(run: str, index: int) -> str:
     return f"{run}/chunk-{index:05d}.json"
 
 
-def stage_chunk(output: str, run: str, index: int, fingerprint: str, rows: pa.Table,
-                nbits: int) -> tuple[StagedChunk, pa.Table]:  # fmt: skip
+def stage_chunk(
+    output: str, run: str, index: int, fingerprint: str, rows: pa.Table, nbits: int
+) -> tuple[StagedChunk, pa.Table]:
     """Write one finished chunk (rows with ``id, code, source, reason, message``; a null code
     marks a rejected input); returns it and its codes table, sorted by id."""
     ok = pc.is_valid(rows["code"])
     codes = rows.filter(ok).select(["id", "code", "source"]).sort_by("id").cast(codeset.codes_schema(nbits))
     errors = codeset.errors_table(rows.filter(pc.invert(ok))).sort_by("source")
     if pc.count_distinct(codes["id"]).as_py() != codes.num_rows:
-        raise ValueError(f"chunk {index} has duplicate ids; with input_format='parquet' set an id_column "
-                         "that is unique, or leave it empty for '<file>#<row>' ids")  # fmt: skip
+        raise ValueError(
+            f"chunk {index} has duplicate ids; with input_format='parquet' set an id_column "
+            "that is unique, or leave it empty for '<file>#<row>' ids"
+        )
     chunk = StagedChunk(
-        index, fingerprint,
+        index,
+        fingerprint,
         codes=codeset.write_shard(output, f"{run}/codes-{index:05d}.parquet", codes) if codes.num_rows else None,
         errors=codeset.write_shard(output, f"{run}/errors-{index:05d}.parquet", errors) if errors.num_rows else None,
-    )  # fmt: skip
+    )
     storage.write_text_atomic(storage.join(output, _sidecar(run, index)), json.dumps(dataclasses.asdict(chunk)))
     return chunk, codes
 
 
-def load_chunk(output: str, run: str, index: int, fingerprint: str,
-               nbits: int) -> tuple[StagedChunk, pa.Table] | None:  # fmt: skip
+def load_chunk(output: str, run: str, index: int, fingerprint: str, nbits: int) -> tuple[StagedChunk, pa.Table] | None:
     """A chunk staged earlier for the same inputs and still whole, with its codes; else None."""
     sidecar = storage.join(output, _sidecar(run, index))
     if not storage.exists(sidecar):

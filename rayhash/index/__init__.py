@@ -1,4 +1,5 @@
-"""Index building and exact top-k search over faiss binary indexes (pure: no Ray)."""
+"""The index stage (pure: no Ray): build an index set (``build``), read and write it (``indexset``),
+search its loaded shards (``shards``) and merge their top-k exactly (``search``)."""
 
 from rayhash.index.build import IndexBuildConfig, build_from_config, build_index_set, build_shards
 from rayhash.index.search import merge_topk, topk

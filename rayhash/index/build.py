@@ -14,10 +14,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from rayhash.encode import codeset
-
-from rayhash.index import indexset
 from rayhash.codespec.binary import check_nbits
+from rayhash.encode import codeset
+from rayhash.index import indexset
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +55,18 @@ def ivf_template(codes: np.ndarray, nbits: int, *, nlist: int, nprobe: int, trai
     return index
 
 
-def build_shards(ids: np.ndarray, codes: np.ndarray, nbits: int, *, num_shards: int = 1, kind: str = "flat",
-                 nlist: int | None = None, nprobe: int | None = None, train_size: int | None = None,
-                 seed: int = 0) -> tuple[list[tuple[Any, np.ndarray]], dict]:
+def build_shards(
+    ids: np.ndarray,
+    codes: np.ndarray,
+    nbits: int,
+    *,
+    num_shards: int = 1,
+    kind: str = "flat",
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    train_size: int | None = None,
+    seed: int = 0,
+) -> tuple[list[tuple[Any, np.ndarray]], dict]:
     """Sort ``(ids, codes)`` by id and cut them into ``num_shards`` indexes.
 
     Returns ``([(faiss index, sorted ids), ...], params)``; duplicate ids are refused, since
@@ -68,8 +76,10 @@ def build_shards(ids: np.ndarray, codes: np.ndarray, nbits: int, *, num_shards: 
     codes = np.asarray(codes)
     n = len(ids)
     if codes.dtype != np.uint8 or codes.shape != (n, nbits // 8):
-        raise ValueError(f"codes must be uint8 of shape ({n}, {nbits // 8}) for {n} ids of {nbits} bits, "
-                         f"got {codes.dtype} {codes.shape}")  # fmt: skip
+        raise ValueError(
+            f"codes must be uint8 of shape ({n}, {nbits // 8}) for {n} ids of {nbits} bits, "
+            f"got {codes.dtype} {codes.shape}"
+        )
     if kind not in indexset.INDEX_KINDS:
         raise ValueError(f"index kind {kind!r} is not one of {indexset.INDEX_KINDS}")
     if not 1 <= num_shards <= max(n, 1):
@@ -81,16 +91,23 @@ def build_shards(ids: np.ndarray, codes: np.ndarray, nbits: int, *, num_shards: 
     ids, codes = ids[order], np.ascontiguousarray(codes[order])
     dup = np.flatnonzero(ids[1:] == ids[:-1])
     if len(dup):
-        raise ValueError(f"id {ids[dup[0]]!r} appears more than once ({len(dup)} duplicates in all); "
-                         "ids must be unique to be looked up and to break ties")  # fmt: skip
+        raise ValueError(
+            f"id {ids[dup[0]]!r} appears more than once ({len(dup)} duplicates in all); "
+            "ids must be unique to be looked up and to break ties"
+        )
     params: dict = {}
     template = None
     if kind == "ivf":
         nlist = nlist or default_nlist(n)
-        params = {"nlist": nlist, "nprobe": nprobe or max(1, nlist // 8),
-                  "train_size": min(n, train_size or 64 * nlist), "seed": seed}  # fmt: skip
-        template = ivf_template(codes, nbits, nlist=nlist, nprobe=params["nprobe"],
-                                train_size=params["train_size"], seed=seed)  # fmt: skip
+        params = {
+            "nlist": nlist,
+            "nprobe": nprobe or max(1, nlist // 8),
+            "train_size": min(n, train_size or 64 * nlist),
+            "seed": seed,
+        }
+        template = ivf_template(
+            codes, nbits, nlist=nlist, nprobe=params["nprobe"], train_size=params["train_size"], seed=seed
+        )
         template_bytes = faiss.serialize_index_binary(template)
     shards = []
     for part in np.array_split(np.arange(n), num_shards):
@@ -101,16 +118,33 @@ def build_shards(ids: np.ndarray, codes: np.ndarray, nbits: int, *, num_shards: 
     return shards, params
 
 
-def build_index_set(codeset_uri: str, out_uri: str, *, num_shards: int = 1, kind: str = "flat",
-                    nlist: int | None = None, nprobe: int | None = None, train_size: int | None = None,
-                    seed: int = 0, threads: int | None = None) -> indexset.IndexSetManifest:
+def build_index_set(
+    codeset_uri: str,
+    out_uri: str,
+    *,
+    num_shards: int = 1,
+    kind: str = "flat",
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    train_size: int | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+) -> indexset.IndexSetManifest:
     """Read a committed code set (checksums verified), build its shards and commit an index set."""
     saved_threads = faiss.omp_get_max_threads()
     if threads is not None:
         faiss.omp_set_num_threads(threads)
     try:
-        return _build(codeset_uri, out_uri, num_shards=num_shards, kind=kind, nlist=nlist, nprobe=nprobe,
-                      train_size=train_size, seed=seed)  # fmt: skip
+        return _build(
+            codeset_uri,
+            out_uri,
+            num_shards=num_shards,
+            kind=kind,
+            nlist=nlist,
+            nprobe=nprobe,
+            train_size=train_size,
+            seed=seed,
+        )
     finally:
         faiss.omp_set_num_threads(saved_threads)
 
@@ -120,20 +154,38 @@ def _build(codeset_uri: str, out_uri: str, **options) -> indexset.IndexSetManife
     ids, codes, _ = codeset.read_codes(cs)
     expected = int(cs.counts.get("encoded", cs.num_codes))
     if not len(ids) == cs.num_codes == expected:
-        raise ValueError(f"{cs.uri}: read {len(ids)} codes, the shards record {cs.num_codes} and counts.encoded "
-                         f"{expected}; the code set is inconsistent, re-run the encode job")  # fmt: skip
+        raise ValueError(
+            f"{cs.uri}: read {len(ids)} codes, the shards record {cs.num_codes} and counts.encoded "
+            f"{expected}; the code set is inconsistent, re-run the encode job"
+        )
     shards, params = build_shards(ids, codes, cs.nbits, **options)
     built = sum(int(index.ntotal) for index, _ in shards)
     if built != expected:  # faiss adds whatever it is given; check nothing was lost on the way
         raise RuntimeError(f"built {built} index entries from a code set of {expected} codes")
     return indexset.write_index_set(
-        out_uri, shards, nbits=cs.nbits, kind=options["kind"], params=params, codeset_uri=cs.uri,
-        codeset_manifest_sha256=cs.sha256, checkpoint_uri=cs.checkpoint_uri, checkpoint_sha256=cs.checkpoint_sha256,
-    )  # fmt: skip
+        out_uri,
+        shards,
+        nbits=cs.nbits,
+        kind=options["kind"],
+        params=params,
+        codeset_uri=cs.uri,
+        codeset_manifest_sha256=cs.sha256,
+        checkpoint_uri=cs.checkpoint_uri,
+        checkpoint_sha256=cs.checkpoint_sha256,
+    )
 
 
 def build_from_config(cfg: IndexBuildConfig) -> indexset.IndexSetManifest:
     if not cfg.codeset or not cfg.out:
         raise ValueError("set both codeset (the code-set directory) and out (where to write the index set)")
-    return build_index_set(cfg.codeset, cfg.out, num_shards=cfg.num_shards, kind=cfg.kind, nlist=cfg.nlist,
-                           nprobe=cfg.nprobe, train_size=cfg.train_size, seed=cfg.seed, threads=cfg.threads)  # fmt: skip
+    return build_index_set(
+        cfg.codeset,
+        cfg.out,
+        num_shards=cfg.num_shards,
+        kind=cfg.kind,
+        nlist=cfg.nlist,
+        nprobe=cfg.nprobe,
+        train_size=cfg.train_size,
+        seed=cfg.seed,
+        threads=cfg.threads,
+    )

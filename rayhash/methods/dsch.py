@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from rayhash import dist
-
-from rayhash.methods import losses
 from rayhash.clustering import gmm
+from rayhash.methods import losses
 from rayhash.methods.base import HashingMethod
 
 logger = logging.getLogger(__name__)
@@ -72,10 +71,19 @@ class DSCH(HashingMethod):
         n_total = int(dist.all_reduce_sum(torch.tensor([len(codes)], dtype=torch.float64)).item())
         m1 = min(cfg.fine_components, max(2, n_total // 2))
         if m1 < cfg.fine_components:
-            logger.warning("only %d training codes: using %d fine components instead of %d", n_total, m1, cfg.fine_components)
+            logger.warning(
+                "only %d training codes: using %d fine components instead of %d", n_total, m1, cfg.fine_components
+            )
         x = codes.detach().float()
-        state = gmm.fit_gmm(x, m1, covariance_type=cfg.covariance_type, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol,
-                            reg_covar=cfg.reg_covar, seed=cfg.seed + round_index)
+        state = gmm.fit_gmm(
+            x,
+            m1,
+            covariance_type=cfg.covariance_type,
+            max_iter=cfg.gmm_max_iter,
+            tol=cfg.gmm_tol,
+            reg_covar=cfg.reg_covar,
+            seed=cfg.seed + round_index,
+        )
         self.gmm_state = state
         resp = gmm.responsibilities(x, state).float()
         self.fine_resp = F.normalize(resp, dim=1) if cfg.normalize_responsibilities else resp
@@ -84,8 +92,12 @@ class DSCH(HashingMethod):
         self.fine_log_prior = state.weights.float().clamp_min(1e-12).log()
         self._fit_coarse(means.cpu().numpy(), seed=cfg.seed + round_index)
         used = int((self.fine_resp.argmax(dim=1).bincount(minlength=m1) > 0).sum())
-        return {"gmm_lower_bound": float(state.lower_bound), "gmm_iters": float(state.n_iter),
-                "fine_components": float(m1), "fine_used_local": float(used)}
+        return {
+            "gmm_lower_bound": float(state.lower_bound),
+            "gmm_iters": float(state.n_iter),
+            "fine_components": float(m1),
+            "fine_used_local": float(used),
+        }
 
     def _fit_coarse(self, fine_means: np.ndarray, seed: int) -> None:
         from sklearn.cluster import KMeans
@@ -96,7 +108,9 @@ class DSCH(HashingMethod):
         km = KMeans(n_clusters=m2, n_init=1, random_state=seed).fit(fine_means.astype(np.float64))
         device = self.fine_resp.device
         self.coarse_assign = torch.as_tensor(km.labels_, dtype=torch.long, device=device)
-        self.coarse_centers = torch.as_tensor(np.where(km.cluster_centers_ > 0, 1.0, -1.0), dtype=torch.float32, device=device)
+        self.coarse_centers = torch.as_tensor(
+            np.where(km.cluster_centers_ > 0, 1.0, -1.0), dtype=torch.float32, device=device
+        )
 
     def loss(self, h_a: torch.Tensor, h_b: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
@@ -107,7 +121,8 @@ class DSCH(HashingMethod):
         else:
             p1 = self.fine_resp[index.to(self.fine_resp.device)].to(h_a.device)
             p2 = torch.zeros(len(p1), len(self.coarse_centers), device=h_a.device).index_add_(
-                1, self.coarse_assign.to(h_a.device), p1)
+                1, self.coarse_assign.to(h_a.device), p1
+            )
             l_ic = losses.instance_correlation_loss(h_a, h_b, losses.cooccurrence_weights(p1), cfg.tau_ic)
             mu1, lp1 = self.fine_centers.to(h_a.device), self.fine_log_prior.to(h_a.device)
             mu2 = self.coarse_centers.to(h_a.device)
@@ -130,8 +145,11 @@ class DSCH(HashingMethod):
     def state_dict(self) -> dict:
         if self.gmm_state is None:
             return {}
-        return {"gmm": gmm.state_to_dict(self.gmm_state), "coarse_assign": self.coarse_assign.cpu(),
-                "coarse_centers": self.coarse_centers.cpu()}
+        return {
+            "gmm": gmm.state_to_dict(self.gmm_state),
+            "coarse_assign": self.coarse_assign.cpu(),
+            "coarse_centers": self.coarse_centers.cpu(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         # Responsibilities are per-shard and recomputed by the next round's E-step; the global

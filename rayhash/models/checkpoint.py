@@ -48,8 +48,15 @@ def _payload_uri(uri: str) -> str:
     return uri if uri.endswith(".pt") else storage.join(uri, PAYLOAD_FILE)
 
 
-def serialize(*, config: dict, model: dict, em: dict | None = None, optimizer: dict | None = None,
-              progress: dict | None = None, averaging: dict | None = None) -> bytes:
+def serialize(
+    *,
+    config: dict,
+    model: dict,
+    em: dict | None = None,
+    optimizer: dict | None = None,
+    progress: dict | None = None,
+    averaging: dict | None = None,
+) -> bytes:
     payload = {
         "format_version": FORMAT_VERSION,
         "config": config,
@@ -83,7 +90,9 @@ def is_complete(uri: str) -> bool:
 def load(uri: str, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read and verify a checkpoint directory (or its ``.pt`` file)."""
     payload_uri = _payload_uri(uri)
-    directory = payload_uri[: -len(PAYLOAD_FILE) - 1] if payload_uri.endswith(PAYLOAD_FILE) else os.path.dirname(payload_uri)
+    directory = (
+        payload_uri[: -len(PAYLOAD_FILE) - 1] if payload_uri.endswith(PAYLOAD_FILE) else os.path.dirname(payload_uri)
+    )
     checksum_uri = storage.join(directory, CHECKSUM_FILE)
     if not storage.exists(payload_uri):
         raise FileNotFoundError(f"no rayhash checkpoint at {uri} (expected {payload_uri})")
@@ -95,8 +104,16 @@ def load(uri: str, map_location: str | torch.device = "cpu") -> Checkpoint:
     data = storage.read_verified(payload_uri, expected)
     payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     if payload.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{uri}: checkpoint format {payload.get('format_version')!r}, this rayhash reads {FORMAT_VERSION}")
+        raise ValueError(
+            f"{uri}: checkpoint format {payload.get('format_version')!r}, this rayhash reads {FORMAT_VERSION}"
+        )
     return Checkpoint(
-        uri=directory, sha256=expected, config=payload["config"], model=payload["model"], em=payload["em"],
-        optimizer=payload["optimizer"], progress=payload["progress"], averaging=payload.get("averaging", {}),
+        uri=directory,
+        sha256=expected,
+        config=payload["config"],
+        model=payload["model"],
+        em=payload["em"],
+        optimizer=payload["optimizer"],
+        progress=payload["progress"],
+        averaging=payload.get("averaging", {}),
     )

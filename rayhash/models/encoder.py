@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from rayhash.models import checkpoint as ckpt
 from rayhash.codespec import binary as codes
 from rayhash.config import from_dict
 from rayhash.data.transforms import eval_batch_transform
 from rayhash.models import HashModel, ModelConfig, build_model
+from rayhash.models import checkpoint as ckpt
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +26,15 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 class ImageEncoder:
     """A model in eval mode with its own input transform; ``encode`` returns packed codes."""
 
-    def __init__(self, model: HashModel, *, device: str | torch.device | None = None,
-                 checkpoint_uri: str = "", checkpoint_sha256: str = "", batch_size: int = 256):
+    def __init__(
+        self,
+        model: HashModel,
+        *,
+        device: str | torch.device | None = None,
+        checkpoint_uri: str = "",
+        checkpoint_sha256: str = "",
+        batch_size: int = 256,
+    ):
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         spec = model.input
@@ -37,13 +44,15 @@ class ImageEncoder:
         self.batch_size = batch_size
 
     @classmethod
-    def from_checkpoint(cls, uri: str, device: str | torch.device | None = None, batch_size: int = 256) -> "ImageEncoder":
+    def from_checkpoint(cls, uri: str, device: str | torch.device | None = None, batch_size: int = 256) -> ImageEncoder:
         loaded = ckpt.load(uri)
         model_cfg = from_dict(ModelConfig, loaded.config["model"])
         # The checkpoint holds every weight: do not load (or download) pretrained ones first.
         model = build_model(ModelConfig(**{**model_cfg.__dict__, "pretrained": False}))
         model.load_state_dict(loaded.model)
-        return cls(model, device=device, checkpoint_uri=loaded.uri, checkpoint_sha256=loaded.sha256, batch_size=batch_size)
+        return cls(
+            model, device=device, checkpoint_uri=loaded.uri, checkpoint_sha256=loaded.sha256, batch_size=batch_size
+        )
 
     @property
     def nbits(self) -> int:
@@ -57,8 +66,10 @@ class ImageEncoder:
     def encode_continuous(self, images: Sequence[np.ndarray] | torch.Tensor) -> torch.Tensor:
         """Continuous codes ``(n, nbits)`` on the CPU; ``images`` are uint8 HxWxC or a preprocessed batch."""
         batch = images if isinstance(images, torch.Tensor) else self.preprocess(images)
-        out = [self.model(batch[i:i + self.batch_size].to(self.device)).float().cpu()
-               for i in range(0, len(batch), self.batch_size)]
+        out = [
+            self.model(batch[i : i + self.batch_size].to(self.device)).float().cpu()
+            for i in range(0, len(batch), self.batch_size)
+        ]
         return torch.cat(out) if out else torch.empty(0, self.nbits)
 
     def encode(self, images: Sequence[np.ndarray] | torch.Tensor) -> np.ndarray:

@@ -48,10 +48,14 @@ class HashModel(nn.Module):
         check_nbits(cfg.bits)
         self.cfg = cfg
         self.input = input_spec(cfg)
-        self.backbone, feature_dim = create_backbone(cfg.backbone, in_channels=self.input.channels, pretrained=cfg.pretrained)
+        self.backbone, feature_dim = create_backbone(
+            cfg.backbone, in_channels=self.input.channels, pretrained=cfg.pretrained
+        )
         if cfg.head_hidden:
             self.head = nn.Sequential(
-                nn.Linear(feature_dim, cfg.head_hidden), nn.BatchNorm1d(cfg.head_hidden), nn.ReLU(inplace=True),
+                nn.Linear(feature_dim, cfg.head_hidden),
+                nn.BatchNorm1d(cfg.head_hidden),
+                nn.ReLU(inplace=True),
                 nn.Linear(cfg.head_hidden, cfg.bits),
             )
         else:

@@ -7,9 +7,15 @@ not also import the encoder's model code (and torch).
 import importlib
 
 _EXPORTS = {
-    "ServeConfig": "app", "app_builder": "app", "build_app": "app", "start": "app", "stop": "app",
-    "SearchClient": "client", "SearchError": "client", "answer_info": "client",
-}  # fmt: skip
+    "ServeConfig": "app",
+    "app_builder": "app",
+    "build_app": "app",
+    "start": "app",
+    "stop": "app",
+    "SearchClient": "client",
+    "SearchError": "client",
+    "answer_info": "client",
+}
 
 __all__ = sorted(_EXPORTS)
 

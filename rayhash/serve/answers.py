@@ -10,8 +10,10 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 
 def as_objects(dist: np.ndarray, ids: np.ndarray) -> list[list[dict]]:
-    return [[{"id": i, "distance": d} for i, d in zip(id_row, d_row) if i is not None]
-            for id_row, d_row in zip(ids.tolist(), dist.tolist())]  # fmt: skip
+    return [
+        [{"id": i, "distance": d} for i, d in zip(id_row, d_row) if i is not None]
+        for id_row, d_row in zip(ids.tolist(), dist.tolist())
+    ]
 
 
 def as_columns(dist: np.ndarray, ids: np.ndarray) -> list[dict]:
@@ -37,8 +39,12 @@ def as_arrow(dist: np.ndarray, ids: pa.Array, radius: int | None, meta: dict) ->
         offsets = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int32)
         kept_ids, kept_dist = ids.filter(pa.array(keep.ravel())), dist[keep]
     offsets = pa.array(offsets)
-    table = pa.table({"ids": pa.ListArray.from_arrays(offsets, kept_ids),
-                      "distances": pa.ListArray.from_arrays(offsets, pa.array(kept_dist, pa.int32()))})  # fmt: skip
+    table = pa.table(
+        {
+            "ids": pa.ListArray.from_arrays(offsets, kept_ids),
+            "distances": pa.ListArray.from_arrays(offsets, pa.array(kept_dist, pa.int32())),
+        }
+    )
     table = table.replace_schema_metadata({"rayhash": orjson.dumps(meta)})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:

@@ -54,8 +54,14 @@ class SearchClient:
     def _send(self, method: str, path: str, **kw) -> dict:
         return self._request(method, path, **kw).json()
 
-    def search_codes(self, codes: list[str] | np.ndarray, k: int = 10, radius: int | None = None,
-                     partial: bool = False, format: str = "objects") -> list[list[dict]] | list[dict] | pa.Table:
+    def search_codes(
+        self,
+        codes: list[str] | np.ndarray,
+        k: int = 10,
+        radius: int | None = None,
+        partial: bool = False,
+        format: str = "objects",
+    ) -> list[list[dict]] | list[dict] | pa.Table:
         """Nearest items of hex codes (or packed uint8 codes ``(q, nbits/8)``).
 
         ``format``: ``"objects"``, one list of ``{"id", "distance"}`` per query; ``"columns"``, one
@@ -65,12 +71,18 @@ class SearchClient:
         """
         if isinstance(codes, np.ndarray):
             codes = codes_lib.to_hex(codes)
-        body = {"codes": list(codes), "k": k, "partial": partial, "format": format,
-                **({"radius": radius} if radius is not None else {})}  # fmt: skip
+        body = {
+            "codes": list(codes),
+            "k": k,
+            "partial": partial,
+            "format": format,
+            **({"radius": radius} if radius is not None else {}),
+        }
         return _parse_answer(self._request("POST", "/search/codes", json=body), format)
 
-    def search_packed(self, codes: np.ndarray, k: int = 10, radius: int | None = None, partial: bool = False,
-                      format: str = "arrow") -> list[list[dict]] | list[dict] | pa.Table:
+    def search_packed(
+        self, codes: np.ndarray, k: int = 10, radius: int | None = None, partial: bool = False, format: str = "arrow"
+    ) -> list[list[dict]] | list[dict] | pa.Table:
         """:meth:`search_codes` for packed uint8 codes ``(q, nbits/8)``, sent as raw bytes to
         ``/search/packed``: no hex and no JSON on either side. Answers in ``format`` as there;
         ``"arrow"`` by default, the bulk client's choice."""
@@ -78,8 +90,13 @@ class SearchClient:
         if codes.ndim != 2:
             raise ValueError(f"codes must be packed uint8 of shape (queries, nbits/8), got shape {codes.shape}")
         params = {"k": k, "partial": partial, "format": format, **({"radius": radius} if radius is not None else {})}
-        r = self._request("POST", "/search/packed", params=params, data=codes.tobytes(),
-                          headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        r = self._request(
+            "POST",
+            "/search/packed",
+            params=params,
+            data=codes.tobytes(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
         return _parse_answer(r, format)
 
     def search_image(self, image: bytes | str | os.PathLike, k: int = 10, partial: bool = False) -> list[dict]:
@@ -90,7 +107,9 @@ class SearchClient:
 
     def neighbors(self, item_id: str, k: int = 10, partial: bool = False) -> list[dict]:
         """Nearest items of an indexed item, itself excluded."""
-        return self._send("GET", f"/items/{quote(item_id, safe='')}/neighbors", params={"k": k, "partial": partial})["results"]
+        return self._send("GET", f"/items/{quote(item_id, safe='')}/neighbors", params={"k": k, "partial": partial})[
+            "results"
+        ]
 
     def stats(self) -> dict:
         return self._send("GET", "/stats")

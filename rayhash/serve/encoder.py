@@ -20,15 +20,29 @@ logger = logging.getLogger(__name__)
 
 @serve.deployment
 class EncoderDeployment:
-    def __init__(self, checkpoint_uri: str, *, expected_sha256: str, nbits: int, max_bytes: int, max_pixels: int,
-                 device: str | None = None, max_batch_size: int = 32, batch_wait_s: float = 0.005):
+    def __init__(
+        self,
+        checkpoint_uri: str,
+        *,
+        expected_sha256: str,
+        nbits: int,
+        max_bytes: int,
+        max_pixels: int,
+        device: str | None = None,
+        max_batch_size: int = 32,
+        batch_wait_s: float = 0.005,
+    ):
         self.encoder = ImageEncoder.from_checkpoint(checkpoint_uri, device=device)
         # Checked again here, not only when the app was built: the file at this URI may have changed since.
         if self.encoder.checkpoint_sha256 != expected_sha256:
-            raise ValueError(f"checkpoint {checkpoint_uri} has SHA-256 {self.encoder.checkpoint_sha256}, but the index "
-                             f"was built from codes of model {expected_sha256}; their codes are not comparable")
+            raise ValueError(
+                f"checkpoint {checkpoint_uri} has SHA-256 {self.encoder.checkpoint_sha256}, but the index "
+                f"was built from codes of model {expected_sha256}; their codes are not comparable"
+            )
         if self.encoder.nbits != nbits:
-            raise ValueError(f"checkpoint {checkpoint_uri} writes {self.encoder.nbits}-bit codes; the index holds {nbits}")
+            raise ValueError(
+                f"checkpoint {checkpoint_uri} writes {self.encoder.nbits}-bit codes; the index holds {nbits}"
+            )
         self.max_bytes, self.max_pixels = max_bytes, max_pixels
         self.encode_batch.set_max_batch_size(max_batch_size)
         self.encode_batch.set_batch_wait_timeout_s(batch_wait_s)
@@ -37,8 +51,9 @@ class EncoderDeployment:
     async def encode(self, data: bytes) -> tuple[np.ndarray | None, str, str]:
         """``(packed code (nbits/8,), "", "")``, or ``(None, reason, message)`` for bytes that are no usable image."""
         try:
-            image = await asyncio.to_thread(decode_image, data, max_bytes=self.max_bytes,
-                                            max_pixels=self.max_pixels, mode=None)  # fmt: skip
+            image = await asyncio.to_thread(
+                decode_image, data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, mode=None
+            )
         except ImageDecodeError as e:
             return None, e.reason, str(e)
         return await self.encode_batch(image), "", ""
@@ -49,5 +64,9 @@ class EncoderDeployment:
         return list(codes)
 
     async def info(self) -> dict:
-        return {"checkpoint_uri": self.encoder.checkpoint_uri, "checkpoint_sha256": self.encoder.checkpoint_sha256,
-                "nbits": self.encoder.nbits, "device": str(self.encoder.device)}  # fmt: skip
+        return {
+            "checkpoint_uri": self.encoder.checkpoint_uri,
+            "checkpoint_sha256": self.encoder.checkpoint_sha256,
+            "nbits": self.encoder.nbits,
+            "device": str(self.encoder.device),
+        }

@@ -8,10 +8,9 @@ once per batch whatever the number of queries, so batching is where a busy shard
 throughput. faiss runs in a worker thread (it releases the GIL), keeping the replica's event
 loop free to queue the next batch meanwhile.
 
-Answers carry their ids as one flat Arrow string array, not a Python string per result: a
-1,000-query, k = 100 answer of a 500k-code IVF shard took 17 us a query to gather as Python
-strings, 23 to pickle and 15 to unpickle at the ingress, against 4, 0.8 and 0.4 as Arrow
-(scratch timings on a loaded 2-core machine, beside faiss's 46).
+Answers carry their ids as one flat Arrow string array, not a Python string per result:
+gathering, pickling and unpickling a Python string per result would cost more than the faiss
+search itself, and Arrow's buffers pass between processes without a per-result step.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import pyarrow as pa
 from ray import serve
 
 from rayhash.index import indexset
+from rayhash.index.shards import IndexShard, fixed_width_ids, take_ids
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def query_rows(codes: list[np.ndarray]) -> int:
     return sum(len(c) for c in codes)
 
 
-def search_shard(shard: indexset.IndexShard, codes: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+def search_shard(shard: IndexShard, codes: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
     """``(distances, global keys)`` of ``shard.search_keys`` with ``threads`` OpenMP threads; call
     it in the thread that searches. No ids: both callers look up only the ids they answer with
     (after the merge, or one request's slice)."""
@@ -43,17 +43,25 @@ def search_shard(shard: indexset.IndexShard, codes: np.ndarray, k: int, threads:
     return shard.search_keys(codes, k)
 
 
-def shard_info(shard: indexset.IndexShard) -> dict:
+def shard_info(shard: IndexShard) -> dict:
     return {"shard": shard.number, "items": len(shard), "nbits": shard.nbits}
 
 
 @serve.deployment
 class IndexShardDeployment:
-    def __init__(self, index_uri: str, shard: int, *, nprobe: int | None = None, threads: int = 1,
-                 batch_rows: int = 256, batch_wait_s: float = 0.0):
+    def __init__(
+        self,
+        index_uri: str,
+        shard: int,
+        *,
+        nprobe: int | None = None,
+        threads: int = 1,
+        batch_rows: int = 256,
+        batch_wait_s: float = 0.0,
+    ):
         self.threads = threads
         self.shard = indexset.load_shard(index_uri, shard, nprobe=nprobe)  # raises ChecksumError first
-        self.ids = indexset.fixed_width_ids(self.shard.ids)  # what take_ids gathers fastest
+        self.ids = fixed_width_ids(self.shard.ids)  # what take_ids gathers fastest
         self.search_batch.set_max_batch_size(batch_rows)
         self.search_batch.set_batch_wait_timeout_s(batch_wait_s)
         logger.info("shard %d of %s: %d items", shard, index_uri, len(self.shard))
@@ -72,7 +80,7 @@ class IndexShardDeployment:
         out = []
         for lo, hi, kk in zip(rows[:-1], rows[1:], ks):
             d, key = dist[lo:hi, :kk], keys[lo:hi, :kk]
-            out.append((d, key, indexset.take_ids(self.ids, np.where(key >= 0, key - self.shard.offset, -1).ravel())))
+            out.append((d, key, take_ids(self.ids, np.where(key >= 0, key - self.shard.offset, -1).ravel())))
         return out
 
     async def code_of(self, item_id: str) -> np.ndarray | None:

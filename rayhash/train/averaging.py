@@ -1,12 +1,12 @@
 """Stochastic weight averaging (Izmailov et al., 2018): the weights a run serves are the mean of
 the weights it ended its last rounds with, with batch-norm statistics measured for that mean.
 
-Why: past its plateau the 64-bit Fashion-MNIST recipe's mAP wanders by a few thousandths from
-round to round (0.787 / 0.785 / 0.783 after rounds 110 / 115 / 120 of one run), and where a run
-stops is luck. Over 3 seeds the mean of the weights after rounds 101-120 scored 0.791 against
-the same runs' live weights' 0.786 after round 120 (benchmarks/results/fmnist_map.json,
-benchmarks/QUALITY_LOG.md, session 13). The live weights keep training and feed the E-step;
-only the served copy is averaged, so averaging never changes the training trajectory.
+Why: once a recipe has plateaued its mAP still wanders a little from round to round, so the
+round a run happens to stop at decides part of its score. The mean of the late rounds' weights
+sits nearer the middle of the region those rounds wander over and does not depend on where
+the run stops (benchmarks/results/fmnist_map.json holds the measured effect). The live weights
+keep training and feed the E-step; only the served copy is averaged, so averaging never
+changes the training trajectory.
 """
 
 from __future__ import annotations

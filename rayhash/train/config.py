@@ -45,7 +45,9 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.swa_start < -1:
-            raise ConfigError(f"optim.swa_start must be -1 (off) or the first round to average (>= 0), got {self.swa_start}")
+            raise ConfigError(
+                f"optim.swa_start must be -1 (off) or the first round to average (>= 0), got {self.swa_start}"
+            )
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,12 @@ class RunConfig:
     # 0 augments in the training process, right for a 2-core machine; on a GPU machine with spare
     # cores the augmentation is what the GPU waits on.
     loader_workers: int = 0
-    chaos_kill_at_round: int = -1  # testing only: SIGKILL the last worker once, at this round
 
     def __post_init__(self) -> None:
         if self.loader_workers < 0:
-            raise ConfigError(f"run.loader_workers must be >= 0 (0 augments in the training process), got {self.loader_workers}")
+            raise ConfigError(
+                f"run.loader_workers must be >= 0 (0 augments in the training process), got {self.loader_workers}"
+            )
 
 
 @dataclass(frozen=True)
@@ -88,3 +91,17 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Keys that older checkpoints may still hold and that no longer configure anything. Reading a
+# saved config drops them; a user's YAML or override naming one is still an unknown key.
+RETIRED_KEYS = {("run", "chaos_kill_at_round")}
+
+
+def saved_config(data: dict) -> dict:
+    """A checkpoint's saved config without :data:`RETIRED_KEYS`, ready for ``from_dict``."""
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for section, key in RETIRED_KEYS:
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
+    return out

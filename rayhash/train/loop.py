@@ -7,8 +7,6 @@ plain process: the E-step's collectives become identities and checkpoints go str
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import tempfile
 import time
 
@@ -17,15 +15,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rayhash import dist
-
-from rayhash.models import checkpoint
 from rayhash.config import from_dict, to_dict
 from rayhash.data.images import LabeledImages
 from rayhash.data.sources import load_source
 from rayhash.data.splits import Split, protocol_split, random_split
 from rayhash.data.transforms import TwoViewAugment, eval_batch_transform
 from rayhash.methods import HashingMethod, build_method
-from rayhash.models import HashModel, build_model
+from rayhash.models import HashModel, build_model, checkpoint
 from rayhash.train.averaging import WeightAverage
 from rayhash.train.config import DataConfig, OptimConfig, TrainConfig
 
@@ -55,7 +51,9 @@ class _TwoViews(Dataset):
         return a, b, i
 
 
-def _batches(n: int, batch: int, steps: int, partners: torch.Tensor | None, generator: torch.Generator) -> list[list[int]]:
+def _batches(
+    n: int, batch: int, steps: int, partners: torch.Tensor | None, generator: torch.Generator
+) -> list[list[int]]:
     """``steps`` batches of shard positions: shuffled, or shuffled anchors each followed by its partner."""
     order = torch.randperm(n, generator=generator)
     if partners is None:
@@ -70,7 +68,7 @@ def eval_batches(model: HashModel, images: np.ndarray, device: torch.device, bat
     spec = model.input
     transform = eval_batch_transform(spec.image_size, spec.channels, spec.mean, spec.std)
     for i in range(0, len(images), batch_size):
-        yield transform(images[i:i + batch_size]).to(device)
+        yield transform(images[i : i + batch_size]).to(device)
 
 
 @torch.no_grad()
@@ -90,26 +88,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_st
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.decay_every, gamma=cfg.decay)
 
 
-def _maybe_chaos_kill(cfg: TrainConfig, round_index: int, marker_dir: str) -> None:
-    """Testing hook: the last worker kills itself (SIGKILL, no cleanup) once, in a chosen round."""
-    if cfg.run.chaos_kill_at_round != round_index or dist.rank() != dist.world_size() - 1 or dist.world_size() < 2:
-        return
-    marker = os.path.join(marker_dir, f"chaos-killed-round-{round_index}")
-    if os.path.exists(marker):
-        return
-    os.makedirs(marker_dir, exist_ok=True)
-    open(marker, "w").close()
-    # Ray Train's controller collects a reported checkpoint when it next polls the workers (every
-    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default); a death before that poll loses the report,
-    # and the run resumes one round further back. Tiny test rounds end well inside one interval,
-    # so wait two intervals: the kill then lands mid-round, after the last report was collected.
-    time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
-    logger.warning("chaos: killing worker rank %d at round %d", dist.rank(), round_index)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m, report=None,
-               resume: checkpoint.Checkpoint | None = None, chaos_dir: str = "") -> None:
+def run_rounds(
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    wrap_model=lambda m: m,
+    report=None,
+    resume: checkpoint.Checkpoint | None = None,
+) -> None:
     """Train ``cfg.run.rounds`` rounds on this worker's shard; ``report(metrics, payload)`` saves each round."""
     rank, world = dist.rank(), dist.world_size()
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
@@ -130,8 +116,12 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
     average = WeightAverage() if cfg.optim.swa_start >= 0 and rank == 0 else None  # rank 0 alone writes checkpoints
     if average is not None and cfg.optim.swa_start >= cfg.run.rounds:
         # A shortened run of a long recipe (--run.rounds=3 on the 64-bit config) is still a run worth having.
-        logger.warning("optim.swa_start=%d is not below run.rounds=%d: this run averages no weights and serves "
-                       "its last round's (set optim.swa_start below run.rounds, or -1)", cfg.optim.swa_start, cfg.run.rounds)
+        logger.warning(
+            "optim.swa_start=%d is not below run.rounds=%d: this run averages no weights and serves "
+            "its last round's (set optim.swa_start below run.rounds, or -1)",
+            cfg.optim.swa_start,
+            cfg.run.rounds,
+        )
     start_round, resumes = 0, []
     if resume is not None:
         # With averaging, the checkpoint's model is the averaged copy; training goes on from the live weights.
@@ -152,9 +142,19 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
 
     spec = model.input
     a = cfg.augment
-    augment = TwoViewAugment(spec.image_size, spec.channels, spec.mean, spec.std, crop_scale=tuple(a.crop_scale),
-                             hflip=a.hflip, color_jitter=a.color_jitter, grayscale_p=a.grayscale_p,
-                             gray_jitter=a.gray_jitter, blur=a.blur, erase=a.erase)
+    augment = TwoViewAugment(
+        spec.image_size,
+        spec.channels,
+        spec.mean,
+        spec.std,
+        crop_scale=tuple(a.crop_scale),
+        hflip=a.hflip,
+        color_jitter=a.color_jitter,
+        grayscale_p=a.grayscale_p,
+        gray_jitter=a.gray_jitter,
+        blur=a.blur,
+        erase=a.erase,
+    )
 
     for round_index in range(start_round, cfg.run.rounds):
         t0 = time.perf_counter()
@@ -165,18 +165,19 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
         # Loader workers seed their augmentations from torch's global generator (seeded above), so
         # a run repeats for a given worker count; fork hands them the shard without pickling it.
         workers = cfg.run.loader_workers
-        loader = DataLoader(_TwoViews(shard, augment), batch_sampler=_batches(len(shard), local_batch, steps,
-                                                                              method.partners(generator), generator),
-                            num_workers=workers, pin_memory=workers > 0 and device.type == "cuda",
-                            multiprocessing_context="fork" if workers else None)  # fmt: skip
+        loader = DataLoader(
+            _TwoViews(shard, augment),
+            batch_sampler=_batches(len(shard), local_batch, steps, method.partners(generator), generator),
+            num_workers=workers,
+            pin_memory=workers > 0 and device.type == "cuda",
+            multiprocessing_context="fork" if workers else None,
+        )
         train_model.train()
         sums: dict[str, float] = {}
         t1 = time.perf_counter()
-        for step, (view_a, view_b, index) in enumerate(loader):
-            if step == steps // 2:
-                _maybe_chaos_kill(cfg, round_index, chaos_dir)  # mid-round: this round's work is lost
+        for view_a, view_b, index in loader:
             h = train_model(torch.cat([view_a, view_b]).to(device))
-            loss, parts = method.loss(h[: len(index)], h[len(index):], index)
+            loss, parts = method.loss(h[: len(index)], h[len(index) :], index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -185,11 +186,18 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
                 sums[k] = sums.get(k, 0.0) + v
         m_seconds = time.perf_counter() - t1
         metrics = {
-            "round": round_index, **{k: v / steps for k, v in sums.items()}, **e_stats,
-            "e_step_seconds": e_seconds, "m_step_seconds": m_seconds,
-            "samples_per_second": steps * local_batch * world / max(m_seconds, 1e-9), "lr": scheduler.get_last_lr()[0],
+            "round": round_index,
+            **{k: v / steps for k, v in sums.items()},
+            **e_stats,
+            "e_step_seconds": e_seconds,
+            "m_step_seconds": m_seconds,
+            "samples_per_second": steps * local_batch * world / max(m_seconds, 1e-9),
+            "lr": scheduler.get_last_lr()[0],
+            "loss_parts": [k for k in sums if k != "loss"],  # which keys the progress line shows as the loss's terms
         }
-        logger.info("round %d: %s", round_index, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+        logger.info(
+            "round %d: %s", round_index, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+        )
         payload = None
         if rank == 0:
             served, averaging = model.state_dict(), {}
@@ -199,11 +207,23 @@ def run_rounds(cfg: TrainConfig, *, device: torch.device, wrap_model=lambda m: m
                 live = {k: v.detach().cpu() for k, v in model.state_dict().items()}
                 averaging = {**average.state_dict(), "live_model": live}
                 metrics["averaged_rounds"] = average.count
-            payload = dict(config=to_dict(cfg), model=served, em=method.state_dict(), averaging=averaging,
-                           optimizer={"adam": optimizer.state_dict(), "schedule": scheduler.state_dict(),
-                                      "torch_rng": torch.get_rng_state()},
-                           progress={"round": round_index, "step": (round_index + 1) * steps, "metrics": metrics,
-                                     "resumes": resumes})
+            payload = dict(
+                config=to_dict(cfg),
+                model=served,
+                em=method.state_dict(),
+                averaging=averaging,
+                optimizer={
+                    "adam": optimizer.state_dict(),
+                    "schedule": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                },
+                progress={
+                    "round": round_index,
+                    "step": (round_index + 1) * steps,
+                    "metrics": metrics,
+                    "resumes": resumes,
+                },
+            )
         if report is not None:
             report(metrics, payload)
 
@@ -214,7 +234,6 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     cfg = from_dict(TrainConfig, config)
-    logging.basicConfig(level=logging.INFO)
     resume = None
     ray_ckpt = ray.train.get_checkpoint()
     if ray_ckpt is not None:
@@ -229,5 +248,6 @@ def train_loop_per_worker(config: dict) -> None:
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
 
-    run_rounds(cfg, device=ray.train.torch.get_device(), wrap_model=ray.train.torch.prepare_model, report=report,
-               resume=resume, chaos_dir=os.path.join(tempfile.gettempdir(), "rayhash-chaos", cfg.run.name))
+    run_rounds(
+        cfg, device=ray.train.torch.get_device(), wrap_model=ray.train.torch.prepare_model, report=report, resume=resume
+    )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from rayhash import storage
 from rayhash.config import to_dict
@@ -18,6 +19,8 @@ class TrainResult:
     checkpoint: str  # URI of the last checkpoint (local path or s3://)
     metrics: dict  # the last round's metrics
     run_dir: str
+    evaluation: dict = field(default_factory=dict)  # scores by label, when the job evaluated the run
+    report: dict = field(default_factory=dict)  # the evaluation report's files by name
 
 
 def _storage(cfg: TrainConfig) -> tuple[str, object | None]:
@@ -27,57 +30,102 @@ def _storage(cfg: TrainConfig) -> tuple[str, object | None]:
     return os.path.abspath(cfg.run.storage_path), None
 
 
-def run_training(cfg: TrainConfig) -> TrainResult:
-    """Train on the connected Ray cluster; resubmitting the same ``run.name`` resumes it."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+def run_training(
+    cfg: TrainConfig, *, verbose: bool = False, on_round: Callable[[dict], None] | None = None, callbacks: Sequence = ()
+) -> TrainResult:
+    """Train on the connected Ray cluster; resubmitting the same ``run.name`` resumes it.
+
+    Shows a progress bar over rounds and one line per round; ``on_round(metrics)`` is called on
+    the driver as each round's report arrives there. ``callbacks`` are more ``ray.train.UserCallback``
+    objects, run on the Train controller as it collects each report. ``verbose`` lets Ray Train's
+    own INFO logs (every report it receives, among others) through to the workers' output.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from rayhash.train.loop import train_loop_per_worker
+    from rayhash.train.progress import RoundProgress
 
     resources = {"CPU": cfg.run.cpus_per_worker}
     if cfg.run.use_gpu:
         resources["GPU"] = 1
     storage_path, filesystem = _storage(cfg)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=to_dict(cfg),
-        torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(
-            name=cfg.run.name, storage_path=storage_path, storage_filesystem=filesystem,
-            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
-        ),
-    )
-    result = trainer.fit()
+    progress = RoundProgress(cfg.run.rounds, on_round)
+    finished = False
+    try:
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=to_dict(cfg),
+            torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
+            scaling_config=ScalingConfig(
+                num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources
+            ),
+            run_config=RunConfig(
+                name=cfg.run.name,
+                storage_path=storage_path,
+                storage_filesystem=filesystem,
+                failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+                callbacks=[progress.callback, *callbacks],
+                logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+            ),
+        )
+        result = trainer.fit()
+        finished = True
+    finally:
+        progress.close(final_round=cfg.run.rounds - 1 if finished else None)
     if result.checkpoint is None:
         raise RuntimeError(f"training run {cfg.run.name!r} finished without a checkpoint (rounds={cfg.run.rounds})")
     uri = storage.to_uri(result.checkpoint.path, cfg.run.storage_path)
     logger.info("training finished: checkpoint %s", uri)
-    return TrainResult(checkpoint=uri, metrics=dict(result.metrics or {}), run_dir=storage.join(cfg.run.storage_path, cfg.run.name))
+    return TrainResult(
+        checkpoint=uri, metrics=dict(result.metrics or {}), run_dir=storage.join(cfg.run.storage_path, cfg.run.name)
+    )
 
 
-def evaluate_run(cfg: TrainConfig, checkpoint_uri: str) -> dict[str, dict]:
-    """Score the checkpoint and the configured baselines on the run's protocol split; write the report."""
+def evaluate_run(cfg: TrainConfig, checkpoint_uri: str, *, show: bool = True) -> tuple[dict[str, dict], dict[str, str]]:
+    """Score the checkpoint and the configured baselines on the run's protocol split and write the
+    report; returns the scores by label and the report's files. ``show`` prints the table and files."""
     from rayhash.evaluate import evaluate_baseline, evaluate_checkpoint, format_table, write_report
     from rayhash.train.loop import load_split
+    from rayhash.train.progress import format_summary
 
     data, split = load_split(cfg.data)
-    results = {f"{cfg.method.name}{'-ablation' if cfg.method.ablation else ''}": evaluate_checkpoint(
-        checkpoint_uri, data, split, cfg.eval.k)}
+    results = {
+        f"{cfg.method.name}{'-ablation' if cfg.method.ablation else ''}": evaluate_checkpoint(
+            checkpoint_uri, data, split, cfg.eval.k
+        )
+    }
     for name in cfg.eval.baselines:
         results[f"{name} (pixels)"] = evaluate_baseline(name, data, split, cfg.model.bits, cfg.run.seed, cfg.eval.k)
     output = cfg.eval.output or storage.join(cfg.run.storage_path, cfg.run.name, "eval")
     paths = write_report(results, output)
-    logger.info("evaluation written to %s", paths["metrics.json"])
-    print(format_table(results), flush=True)
-    return results
+    if show:
+        table = f"mAP@{cfg.eval.k} on {cfg.data.protocol}\n{format_table(results)}"
+        print(format_summary("evaluation", [table], paths), flush=True)
+    return results, paths
 
 
-def train_job(cfg: TrainConfig) -> TrainResult:
-    """The ``jobs/train_dsch.py`` job: train on Ray, then evaluate on the driver."""
-    result = run_training(cfg)
+def train_job(cfg: TrainConfig, *, verbose: bool = False, show: bool = True) -> TrainResult:
+    """The ``rayhash train`` job: train on Ray, then evaluate on the driver. ``show`` ends with the
+    mAP table and every file written; ``verbose`` as :func:`run_training`."""
+    from rayhash.evaluate import format_table
+    from rayhash.train.progress import format_summary
+
+    result = run_training(cfg, verbose=verbose)
     if cfg.eval.enabled:
-        evaluate_run(cfg, result.checkpoint)
+        results, paths = evaluate_run(cfg, result.checkpoint, show=False)
+        result = replace(result, evaluation=results, report=paths)
+    if show:
+        table = ""
+        if result.evaluation:
+            table = f"mAP@{cfg.eval.k} on {cfg.data.protocol}\n{format_table(result.evaluation)}"
+        print(
+            format_summary(
+                f"training run {cfg.run.name}: {cfg.run.rounds} rounds",
+                [table],
+                {"checkpoint": result.checkpoint, **result.report},
+            ),
+            flush=True,
+        )
     return result

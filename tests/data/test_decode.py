@@ -25,14 +25,12 @@ def png_header_only(width: int, height: int) -> bytes:
     """A valid PNG signature and IHDR declaring width x height, with almost no pixel data."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
     idat = zlib.compress(b"\0" * 1024)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat)
-            + png_chunk(b"IEND", b""))  # fmt: skip
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 # Photoshop: signature, version 1, 6 reserved, 3 channels, 2x2, 8 bits, RGB mode; three
 # empty sections; raw (uncompressed) planes.
-PSD_2X2_RGB = (b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, 2, 2, 8, 3) + bytes(12)
-               + struct.pack(">H", 0) + bytes(range(12)))  # fmt: skip
+PSD_2X2_RGB = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, 2, 2, 8, 3) + bytes(12) + struct.pack(">H", 0) + bytes(range(12))
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +122,16 @@ def test_fit_square_and_decode_all(astronaut):
     out = fit_square(wide, 32)
     assert out.shape == (32, 32, 3)
     images, kept, skipped = decode_all(
-        [("a", encode(wide, "PNG")), ("b", b"junk"), ("c", None), ("d", OSError("gone")),
-         ("e", encode(astronaut, "PNG"))],
-        name="t", image_size=16,
-    )  # fmt: skip
+        [
+            ("a", encode(wide, "PNG")),
+            ("b", b"junk"),
+            ("c", None),
+            ("d", OSError("gone")),
+            ("e", encode(astronaut, "PNG")),
+        ],
+        name="t",
+        image_size=16,
+    )
     assert images.shape == (2, 16, 16, 3) and kept == [0, 4]
     assert skipped == (("b", "not_an_image"), ("c", "empty"), ("d", "unreadable"))
     with pytest.raises(ValueError, match="pass image_size"):

@@ -31,8 +31,12 @@ def test_missing_folder_says_how_to_install(tmp_path):
 
 
 def _copy_with(tmp_path, name: str, raw: bytes) -> str:
-    for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):  # fmt: skip
+    for f in (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ):
         shutil.copy(f"{DEFAULT_ROOT}/{f}", tmp_path / f)
     (tmp_path / name).write_bytes(gzip.compress(raw))
     return str(tmp_path)

@@ -61,14 +61,18 @@ def test_s3_prefix_matches_local(s3_bucket, tmp_path, folder_images, fmnist):
     write(f"{s3_bucket}/lake", folder_images)
     data = load_image_files(f"{s3_bucket}/lake/", labels_from_dirs=True, mode="L")
     check(data, fmnist)
-    listed = load_image_files([f"{s3_bucket}/lake/bag/{k[4:]}" for k in folder_images
-                               if k.startswith("bag/")], mode="L")  # fmt: skip
+    listed = load_image_files(
+        [f"{s3_bucket}/lake/bag/{k[4:]}" for k in folder_images if k.startswith("bag/")], mode="L"
+    )
     assert len(listed) == PER_CLASS and listed.ids[0].startswith("s3://")
 
 
 def test_mixed_sizes_need_image_size(tmp_path):
-    photos = {"astronaut.png": skimage_data.astronaut(), "coffee.jpg": skimage_data.coffee(),
-              "camera.png": skimage_data.camera()}  # fmt: skip
+    photos = {
+        "astronaut.png": skimage_data.astronaut(),
+        "coffee.jpg": skimage_data.coffee(),
+        "camera.png": skimage_data.camera(),
+    }
     for name, array in photos.items():
         Image.fromarray(array).save(tmp_path / name)
     with pytest.raises(ValueError, match="pass image_size"):

@@ -23,12 +23,14 @@ def table(fmnist):
     """Two tables of Fashion-MNIST PNG bytes with labels and ids; row 5 is not an image."""
     blobs = [png(im) for im in fmnist.images[:N]]
     blobs[5] = b"garbage"
-    full = pa.table({
-        "image": pa.array(blobs, pa.binary()),
-        "label": pa.array(fmnist.labels[:N]),
-        "name": [f"item-{i:03d}" for i in range(N)],
-        "tag": [str(fmnist.classes[c]) for c in fmnist.labels[:N]],
-    })  # fmt: skip
+    full = pa.table(
+        {
+            "image": pa.array(blobs, pa.binary()),
+            "label": pa.array(fmnist.labels[:N]),
+            "name": [f"item-{i:03d}" for i in range(N)],
+            "tag": [str(fmnist.classes[c]) for c in fmnist.labels[:N]],
+        }
+    )
     return full.slice(0, 7), full.slice(7)
 
 
@@ -63,8 +65,13 @@ def test_s3(s3_bucket, table, fmnist):
 
 def test_struct_column_and_bad_columns(tmp_path, table, fmnist):
     t = pa.concat_tables(table)
-    hf = pa.table({"img": pa.StructArray.from_arrays(
-        [t["image"].combine_chunks(), pa.array([None] * N, pa.string())], ["bytes", "path"])})
+    hf = pa.table(
+        {
+            "img": pa.StructArray.from_arrays(
+                [t["image"].combine_chunks(), pa.array([None] * N, pa.string())], ["bytes", "path"]
+            )
+        }
+    )
     pq.write_table(hf, tmp_path / "hf.parquet")
     data = load_parquet(str(tmp_path), image_column="img", mode="L")
     assert len(data) == N - 1 and data.skipped == (("5", "not_an_image"),)

@@ -74,7 +74,7 @@ def test_erase_blanks_one_rectangle_to_the_mean(fmnist):
         view = erased.view(image)[0]
         changed = (view != whole).numpy()
         rows, cols = np.nonzero(changed.any(1))[0], np.nonzero(changed.any(0))[0]
-        box = view[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        box = view[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert torch.all(box == 0)  # the patch is the normalised mean intensity, everything else untouched
         assert 0.02 * 784 - 1 <= box.numel() <= 0.2 * 784 + 1
     with pytest.raises(ValueError, match="erase"):
@@ -102,8 +102,17 @@ def test_gray_jitter_changes_brightness_and_contrast_only(fmnist):
         assert (np.diff(v[order]) >= -1e-6).all()
         changed += not np.allclose(v * 255, image[:, :, 0].ravel(), atol=1)
     assert 30 <= changed <= 50  # applied with p = 0.8
-    rgb = TwoViewAugment(32, 3, [0.5] * 3, [0.5] * 3, crop_scale=(1.0, 1.0), hflip=False, color_jitter=0.0,
-                         grayscale_p=0.0, gray_jitter=0.8)  # fmt: skip
+    rgb = TwoViewAugment(
+        32,
+        3,
+        [0.5] * 3,
+        [0.5] * 3,
+        crop_scale=(1.0, 1.0),
+        hflip=False,
+        color_jitter=0.0,
+        grayscale_p=0.0,
+        gray_jitter=0.8,
+    )
     photo = skimage_data.astronaut()[::16, ::16]
     assert torch.equal(rgb.view(photo), rgb.view(photo))  # gray_jitter leaves RGB images alone
 

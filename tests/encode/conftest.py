@@ -42,8 +42,7 @@ def bad_files() -> dict[str, tuple[bytes, str]]:
 def make_checkpoint(uri: str, seed: int) -> str:
     import torch
 
-    from rayhash.models import checkpoint
-    from rayhash.models import ModelConfig, build_model
+    from rayhash.models import ModelConfig, build_model, checkpoint
 
     torch.manual_seed(seed)
     model = build_model(ModelConfig(backbone="small_cnn", bits=64)).eval()

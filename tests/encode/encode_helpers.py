@@ -7,17 +7,27 @@ import os
 import numpy as np
 
 from rayhash import storage
-
-from rayhash.encode import codeset
-from rayhash.encode import EncodeConfig
+from rayhash.encode import EncodeConfig, codeset
 from rayhash.models.encoder import ImageEncoder
 
 
 def encode_config(lake, checkpoint: str, output: str, **kw) -> EncodeConfig:
     # 305 inputs in chunks of 100: four shards, so chunking and resume are exercised.
-    base = dict(input=lake.root, checkpoint=checkpoint, output=output, extensions=(), rows_per_shard=100,
-                read_batch=40, batch_size=64, num_actors=2, cpus_per_actor=0.5, cpus_per_decode_task=0.5,
-                torch_threads=1, max_image_pixels=lake.max_pixels, progress=False)  # fmt: skip
+    base = dict(
+        input=lake.root,
+        checkpoint=checkpoint,
+        output=output,
+        extensions=(),
+        rows_per_shard=100,
+        read_batch=40,
+        batch_size=64,
+        num_actors=2,
+        cpus_per_actor=0.5,
+        cpus_per_decode_task=0.5,
+        torch_threads=1,
+        max_image_pixels=lake.max_pixels,
+        progress=False,
+    )
     return EncodeConfig(**{**base, **kw})
 
 

@@ -8,7 +8,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayhash import storage
-
 from rayhash.encode import codeset
 
 
@@ -21,9 +20,17 @@ def _random_set(n: int, nbits: int = 64, seed: int = 0):
 
 
 def _write(uri, ids, codes, sources, nbits=64, **kw):
-    return codeset.write_codeset(uri, ids=ids, codes=codes, sources=sources, nbits=nbits,
-                                 checkpoint_uri="s3://models/m1", checkpoint_sha256="ab" * 32,
-                                 config={"batch_size": 8}, **kw)  # fmt: skip
+    return codeset.write_codeset(
+        uri,
+        ids=ids,
+        codes=codes,
+        sources=sources,
+        nbits=nbits,
+        checkpoint_uri="s3://models/m1",
+        checkpoint_sha256="ab" * 32,
+        config={"batch_size": 8},
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -46,8 +53,9 @@ def test_roundtrip_in_shards(where, tmp_path, request):
     fs, path = storage.arrow_filesystem(m.shard_uri(m.shards[0]))
     table = pq.read_table(path, filesystem=fs)
     assert table.schema.field("code").type == pa.binary(8)
-    np.testing.assert_array_equal(np.frombuffer(table["code"].combine_chunks().buffers()[1], np.uint8).reshape(-1, 8),
-                                  codes[:100])  # fmt: skip
+    np.testing.assert_array_equal(
+        np.frombuffer(table["code"].combine_chunks().buffers()[1], np.uint8).reshape(-1, 8), codes[:100]
+    )
 
 
 def test_manifest_is_the_only_way_in(tmp_path):
@@ -96,8 +104,7 @@ def test_bad_inputs_are_named(tmp_path):
 
 
 def test_empty_code_set(tmp_path):
-    m = _write(str(tmp_path / "cs"), [], np.empty((0, 8), np.uint8), [],
-               errors=[("a.png", "empty", "zero bytes")])  # fmt: skip
+    m = _write(str(tmp_path / "cs"), [], np.empty((0, 8), np.uint8), [], errors=[("a.png", "empty", "zero bytes")])
     ids, codes, sources = codeset.read_codes(m)
     assert codes.shape == (0, 8) and m.counts == {"inputs": 1, "encoded": 0, "rejected": 1}
 

@@ -43,10 +43,20 @@ def test_plan_cuts_parquet_by_row_group(tmp_path):
     pq.write_table(pa.table({"image": [b"x"] * 10}), tmp_path / "a.parquet", row_group_size=4)  # 4 + 4 + 2
     pq.write_table(pa.table({"image": [b"x"] * 3}), tmp_path / "b.parquet")
     items = inputs.plan(_cfg(input=str(tmp_path), input_format="parquet", rows_per_shard=8))
-    assert list(zip(items["id"].to_pylist(), items["row_group"].to_pylist(), items["first_row"].to_pylist(),
-                    items["rows"].to_pylist(), items["chunk"].to_pylist())) == [
-        ("a.parquet", 0, 0, 4, 0), ("a.parquet", 1, 4, 4, 0), ("a.parquet", 2, 8, 2, 1), ("b.parquet", 0, 0, 3, 1),
-    ]  # fmt: skip
+    assert list(
+        zip(
+            items["id"].to_pylist(),
+            items["row_group"].to_pylist(),
+            items["first_row"].to_pylist(),
+            items["rows"].to_pylist(),
+            items["chunk"].to_pylist(),
+        )
+    ) == [
+        ("a.parquet", 0, 0, 4, 0),
+        ("a.parquet", 1, 4, 4, 0),
+        ("a.parquet", 2, 8, 2, 1),
+        ("b.parquet", 0, 0, 3, 1),
+    ]
 
 
 def test_list_file_input_and_duplicates(tmp_path):
@@ -71,7 +81,11 @@ def test_load_images_rejects_each_bad_file_alone(tmp_path):
     assert out.schema == inputs.LOADED_SCHEMA
     by_id = {r["id"]: r for r in out.to_pylist()}
     assert {i: r["reason"] for i, r in by_id.items()} == {
-        "big.png": "too_large", "empty.png": "empty", "ok.png": None, "text.png": "not_an_image"}  # fmt: skip
+        "big.png": "too_large",
+        "empty.png": "empty",
+        "ok.png": None,
+        "text.png": "not_an_image",
+    }
     ok, images = inputs.images_of(out)
     assert [out["id"][int(i)].as_py() for i in ok] == ["ok.png"]
     np.testing.assert_array_equal(images[0], np.full((8, 8, 1), 200, np.uint8))
@@ -90,8 +104,15 @@ def test_parquet_rows_with_a_bad_file(tmp_path):
 
 
 def _rows(ids, codes, reasons):
-    return pa.table({"id": ids, "code": pa.array(codes, pa.binary(1)), "source": [f"s/{i}" for i in ids],
-                     "reason": reasons, "message": [r and f"{r}!" for r in reasons]})  # fmt: skip
+    return pa.table(
+        {
+            "id": ids,
+            "code": pa.array(codes, pa.binary(1)),
+            "source": [f"s/{i}" for i in ids],
+            "reason": reasons,
+            "message": [r and f"{r}!" for r in reasons],
+        }
+    )
 
 
 def test_staged_chunk_is_reused_only_while_whole(tmp_path):
@@ -101,7 +122,8 @@ def test_staged_chunk_is_reused_only_while_whole(tmp_path):
     assert codes["id"].to_pylist() == ["a", "b"] and (chunk.codes.rows, chunk.errors.rows) == (2, 1)
     # The error shard is plain Parquet too.
     assert pq.read_table(storage.join(out, chunk.errors.path)).to_pylist() == [
-        {"source": "s/c", "reason": "empty", "message": "empty!"}]  # fmt: skip
+        {"source": "s/c", "reason": "empty", "message": "empty!"}
+    ]
 
     found = staging.load_chunk(out, run, 0, "fp", nbits=8)
     assert found[0] == chunk and found[1].equals(codes)

@@ -11,9 +11,7 @@ import pyarrow.parquet as pq
 from encode_helpers import check_code_set, encode_config, in_process, mtimes
 
 from rayhash import storage
-
-from rayhash.encode import codeset
-from rayhash.encode import run_encode
+from rayhash.encode import codeset, run_encode
 from rayhash.encode.cli import main as encode_main
 from rayhash.models.encoder import ImageEncoder
 
@@ -31,8 +29,15 @@ def test_encode_local_lake_and_rerun(ray_cluster, fmnist_lake, tiny_checkpoint, 
     # Rerunning the finished job (through the CLI) rewrites nothing and commits the same rows.
     run = m.config["run"]
     before = mtimes(out, run)
-    flags = dict(input=cfg.input, checkpoint=cfg.checkpoint, output=out, rows_per_shard=100, extensions="[]",
-                 max_image_pixels=fmnist_lake.max_pixels, progress=False)  # fmt: skip
+    flags = dict(
+        input=cfg.input,
+        checkpoint=cfg.checkpoint,
+        output=out,
+        rows_per_shard=100,
+        extensions="[]",
+        max_image_pixels=fmnist_lake.max_pixels,
+        progress=False,
+    )
     assert encode_main([f"--{k}={v}" for k, v in flags.items()]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["encoded"] == len(fmnist_lake.good) and summary["rejected"] == 5
@@ -43,7 +48,7 @@ def test_encode_local_lake_and_rerun(ray_cluster, fmnist_lake, tiny_checkpoint, 
 def test_encode_s3_lake(ray_cluster, s3_bucket, fmnist_lake, tiny_checkpoint):
     fs, _ = storage.filesystem(s3_bucket)
     lake = f"{s3_bucket}/lake"
-    fs.put(fmnist_lake.root + "/", lake[len("s3://"):], recursive=True)
+    fs.put(fmnist_lake.root + "/", lake[len("s3://") :], recursive=True)
     m = run_encode(encode_config(fmnist_lake, tiny_checkpoint, f"{s3_bucket}/codes", input=lake))
     assert m.uri == f"{s3_bucket}/codes" and storage.exists(f"{s3_bucket}/codes/manifest.json")
     check_code_set(codeset.read_manifest(f"{s3_bucket}/codes"), fmnist_lake, tiny_checkpoint, lake)
@@ -61,8 +66,15 @@ def test_encode_parquet_input(ray_cluster, fmnist_lake, tiny_checkpoint, tmp_pat
         table = pa.table({"image": pa.array(blobs[lo:hi], pa.binary())})
         pq.write_table(table, lake / f"part-{k}.parquet", row_group_size=8)
         position.update({f"part-{k}.parquet#{r}": lo + r for r in range(hi - lo)})
-    cfg = encode_config(fmnist_lake, tiny_checkpoint, str(tmp_path / "codes"), input=str(lake), input_format="parquet",
-                  rows_per_shard=16, read_batch=2)  # fmt: skip
+    cfg = encode_config(
+        fmnist_lake,
+        tiny_checkpoint,
+        str(tmp_path / "codes"),
+        input=str(lake),
+        input_format="parquet",
+        rows_per_shard=16,
+        read_batch=2,
+    )
     m = run_encode(cfg)
     assert m.counts == {"inputs": 50, "encoded": 48, "rejected": 2}
     ids, codes, sources = codeset.read_codes(m)
@@ -71,5 +83,7 @@ def test_encode_parquet_input(ray_cluster, fmnist_lake, tiny_checkpoint, tmp_pat
     want = in_process(tiny_checkpoint, [fmnist_lake.good[names[position[i]]] for i in ids])
     np.testing.assert_array_equal(codes, want)
     errors = codeset.read_errors(m).to_pylist()
-    assert {e["source"]: e["reason"] for e in errors} == {f"{lake}/part-0.parquet#7": "empty",
-                                                          f"{lake}/part-1.parquet#13": "corrupt"}  # fmt: skip
+    assert {e["source"]: e["reason"] for e in errors} == {
+        f"{lake}/part-0.parquet#7": "empty",
+        f"{lake}/part-1.parquet#13": "corrupt",
+    }

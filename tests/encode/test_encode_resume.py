@@ -9,9 +9,7 @@ import pytest
 from encode_helpers import check_code_set, encode_config, in_process, mtimes
 
 from rayhash import storage
-
-from rayhash.encode import codeset
-from rayhash.encode import run_encode
+from rayhash.encode import codeset, run_encode
 
 
 class Crash(RuntimeError):
@@ -26,14 +24,20 @@ def _crash_at(n: int):
     return hook
 
 
-def test_crash_before_commit_keeps_old_code_set(ray_cluster, fmnist_lake, tiny_checkpoint, other_checkpoint,
-                                                tmp_path):  # fmt: skip
+def test_crash_before_commit_keeps_old_code_set(ray_cluster, fmnist_lake, tiny_checkpoint, other_checkpoint, tmp_path):
     out = str(tmp_path / "codes")
     # The committed old version, written in-process in the same format the job writes.
     ids = sorted(fmnist_lake.good)
-    old = codeset.write_codeset(out, ids=ids, codes=in_process(tiny_checkpoint, [fmnist_lake.good[i] for i in ids]),
-                                sources=ids, nbits=64, checkpoint_uri=tiny_checkpoint, checkpoint_sha256="old",
-                                config={})  # fmt: skip
+    old = codeset.write_codeset(
+        out,
+        ids=ids,
+        codes=in_process(tiny_checkpoint, [fmnist_lake.good[i] for i in ids]),
+        sources=ids,
+        nbits=64,
+        checkpoint_uri=tiny_checkpoint,
+        checkpoint_sha256="old",
+        config={},
+    )
     old_manifest = storage.read_bytes(storage.join(out, "manifest.json"))
     old_ids, old_codes, _ = codeset.read_codes(out)
     cfg = encode_config(fmnist_lake, other_checkpoint, out)
@@ -70,5 +74,3 @@ def test_crash_before_commit_keeps_old_code_set(ray_cluster, fmnist_lake, tiny_c
     storage.remove(storage.join(out, new_run), recursive=True)
     fresh = run_encode(cfg)
     assert fresh.shards == new.shards and fresh.errors == new.errors
-
-

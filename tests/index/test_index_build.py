@@ -7,22 +7,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hamming_reference import brute_force
 
 from rayhash import storage
-
 from rayhash.encode import codeset
-
-from rayhash.index import indexset
-from hamming_reference import brute_force
-from rayhash.index import build_index_set, build_shards, merge_topk
+from rayhash.index import build_index_set, build_shards, indexset, merge_topk
 from rayhash.index.build import default_nlist
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def write_codes(uri, ids, codes, nbits):
-    return codeset.write_codeset(uri, ids=list(ids), codes=codes, sources=list(ids), nbits=nbits,
-                                 checkpoint_uri="m", checkpoint_sha256="ef" * 32, config={}, rows_per_shard=500)
+    return codeset.write_codeset(
+        uri,
+        ids=list(ids),
+        codes=codes,
+        sources=list(ids),
+        nbits=nbits,
+        checkpoint_uri="m",
+        checkpoint_sha256="ef" * 32,
+        config={},
+        rows_per_shard=500,
+    )
 
 
 def search_index_set(m, q, k, nprobe=None):
@@ -32,8 +38,6 @@ def search_index_set(m, q, k, nprobe=None):
     dist, keys, _ = merge_topk(parts, k)
     all_ids = np.concatenate([np.asarray(s.ids, dtype=object) for s in shards])
     return dist, np.where(keys >= 0, all_ids[np.maximum(keys, 0)], None)
-
-
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +101,7 @@ def test_counts_that_do_not_add_up_are_refused(tied, tmp_path):
     uri, *_ = tied
     bad = str(tmp_path / "bad")
     for f in storage.list_files(uri):
-        storage.write_bytes_atomic(bad + f[len(uri):], storage.read_bytes(f))
+        storage.write_bytes_atomic(bad + f[len(uri) :], storage.read_bytes(f))
     body = json.loads(storage.read_text(storage.join(bad, "manifest.json")))
     body["counts"]["encoded"] += 1
     storage.write_text_atomic(storage.join(bad, "manifest.json"), json.dumps(body))
@@ -126,8 +130,13 @@ def test_job_script_builds_from_overrides_and_refuses_unknown_keys(tied, tmp_pat
     uri, ids, *_ = tied
     out = str(tmp_path / "ix")
     job = [sys.executable, str(REPO / "jobs" / "build_index.py"), f"--codeset={uri}", f"--out={out}"]
-    done = subprocess.run([*job, "--num_shards=2", "--kind=ivf", "--nlist=8", "--threads=1"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [*job, "--num_shards=2", "--kind=ivf", "--nlist=8", "--threads=1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert (summary["items"], summary["shards"], summary["kind"]) == (len(ids), 2, "ivf")

@@ -5,16 +5,14 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from rayhash.codespec import binary as codes_lib
-from rayhash import storage
-from rayhash.encode import codeset
-from rayhash.index import indexset
 from hamming_reference import brute_force
-from rayhash.index import build_index_set
+
+from rayhash import storage
+from rayhash.codespec import binary as codes_lib
+from rayhash.encode import codeset
+from rayhash.index import build_index_set, indexset
 from rayhash.index.search import merge_topk
-
-
+from rayhash.index.shards import fixed_width_ids, ids_of, merge_shards, shared_ids, take_ids
 
 
 @pytest.fixture
@@ -25,9 +23,17 @@ def tied_codeset(tmp_path):
     codes = vocab[rng.integers(0, 30, 900)]
     ids = [f"img-{i}" for i in rng.permutation(900)]
     uri = str(tmp_path / "cs")
-    codeset.write_codeset(uri, ids=ids, codes=codes, sources=[f"src/{i}" for i in ids], nbits=16,
-                          checkpoint_uri="file:///models/m", checkpoint_sha256="cd" * 32, config={},
-                          rows_per_shard=400)  # fmt: skip
+    codeset.write_codeset(
+        uri,
+        ids=ids,
+        codes=codes,
+        sources=[f"src/{i}" for i in ids],
+        nbits=16,
+        checkpoint_uri="file:///models/m",
+        checkpoint_sha256="cd" * 32,
+        config={},
+        rows_per_shard=400,
+    )
     return uri, np.array(ids, dtype=object), codes
 
 
@@ -65,7 +71,7 @@ def test_each_shard_searches_its_items_like_brute_force(tied_codeset, tmp_path):
         np.testing.assert_array_equal(dist, ref_d)
         np.testing.assert_array_equal(got, ref_ids)
         for row, (d, found) in enumerate(shard.range_search(q, 3)):
-            full_d, full_ids = brute_force(q[row:row + 1], shard_ids, shard_codes, len(shard_ids))
+            full_d, full_ids = brute_force(q[row : row + 1], shard_ids, shard_codes, len(shard_ids))
             within = full_d[0] <= 3
             np.testing.assert_array_equal(d, full_d[0][within])
             np.testing.assert_array_equal(found, full_ids[0][within])
@@ -86,37 +92,37 @@ def test_shared_ids_find_a_merged_top_k(tied_codeset, tmp_path):
     cs_uri, ids, codes = tied_codeset
     m = build_index_set(cs_uri, str(tmp_path / "ix"), num_shards=3)
     shards = [indexset.load_shard(m, i) for i in range(3)]
-    all_ids = indexset.shared_ids(shards)
+    all_ids = shared_ids(shards)
     assert all_ids.to_pylist() == sorted(ids)
     q = np.random.default_rng(3).integers(0, 256, (25, 2), dtype=np.uint8)
     dist, keys, _ = merge_topk([s.search_keys(q, 120) for s in shards], 120)
     ref_d, ref_ids = brute_force(q, ids, codes, 120)  # far past the ties at every k-th distance
     np.testing.assert_array_equal(dist, ref_d)
-    np.testing.assert_array_equal(indexset.ids_of(all_ids, keys), ref_ids)
-    assert indexset.take_ids(all_ids, np.append(keys[0], -1)).to_pylist() == list(ref_ids[0]) + [None]
+    np.testing.assert_array_equal(ids_of(all_ids, keys), ref_ids)
+    assert take_ids(all_ids, np.append(keys[0], -1)).to_pylist() == list(ref_ids[0]) + [None]
     for s in shards:  # each shard now reads its ids from the shared array
-        np.testing.assert_array_equal(s.search(q, 7)[1], indexset.ids_of(all_ids, s.search_keys(q, 7)[1]))
+        np.testing.assert_array_equal(s.search(q, 7)[1], ids_of(all_ids, s.search_keys(q, 7)[1]))
         np.testing.assert_array_equal(s.code_of(s.ids[5].as_py()), codes[list(ids).index(s.ids[5].as_py())])
 
 
 @pytest.mark.parametrize("make_id", [lambda i: f"img/{i:06d}", lambda i: f"é{i:05d}"], ids=["ascii", "utf8"])
 def test_fixed_width_ids_gather_what_the_strings_give(make_id):
     ids = pa.array([make_id(i) for i in range(5000)], pa.large_string())
-    fixed = indexset.fixed_width_ids(ids.slice(100))  # a slice, as shared_ids makes them
+    fixed = fixed_width_ids(ids.slice(100))  # a slice, as shared_ids makes them
     assert pa.types.is_fixed_size_binary(fixed.type)
     pos = np.random.default_rng(0).integers(-1, 4900, 3000)  # -1: pads
-    got = indexset.take_ids(fixed, pos)
-    assert got.type == pa.large_string() and got.equals(indexset.take_ids(ids.slice(100), pos))
+    got = take_ids(fixed, pos)
+    assert got.type == pa.large_string() and got.equals(take_ids(ids.slice(100), pos))
     assert got.to_pylist() == [None if p < 0 else make_id(p + 100) for p in pos]
-    np.testing.assert_array_equal(indexset.ids_of(fixed, pos.reshape(60, 50)), indexset.ids_of(ids.slice(100), pos.reshape(60, 50)))
+    np.testing.assert_array_equal(ids_of(fixed, pos.reshape(60, 50)), ids_of(ids.slice(100), pos.reshape(60, 50)))
     full = np.abs(pos)  # no pads: the gather skips its mask
-    assert indexset.take_ids(fixed, full).to_pylist() == [make_id(p + 100) for p in full]
+    assert take_ids(fixed, full).to_pylist() == [make_id(p + 100) for p in full]
 
 
 @pytest.mark.parametrize("values", [["a", "bb"], ["é", "abc"], ["x", None], []])
 def test_ids_of_mixed_widths_stay_strings(values):
     ids = pa.array(values, pa.large_string())
-    assert indexset.fixed_width_ids(ids) is ids
+    assert fixed_width_ids(ids) is ids
 
 
 def test_merged_ivf_shards_probe_the_same_lists_as_the_shards(tied_codeset, tmp_path):
@@ -125,7 +131,7 @@ def test_merged_ivf_shards_probe_the_same_lists_as_the_shards(tied_codeset, tmp_
     q = np.random.default_rng(4).integers(0, 256, (25, 2), dtype=np.uint8)
     parts = [indexset.load_shard(m, i).search_keys(q, 60) for i in range(3)]
     sharded_d, _, _ = merge_topk(parts, 60)
-    merged = indexset.merge_shards([indexset.load_shard(m, i) for i in range(3)])
+    merged = merge_shards([indexset.load_shard(m, i) for i in range(3)])
     dist, keys = merged.search_keys(q, 60)
     # The same items are scanned, so the same distances; ties at the k-th may cut differently.
     np.testing.assert_array_equal(dist, sharded_d)
@@ -142,13 +148,13 @@ def test_merge_refuses_shards_that_do_not_fit_together(tied_codeset, tmp_path):
     cs_uri, _, _ = tied_codeset
     m = build_index_set(cs_uri, str(tmp_path / "ix"), num_shards=3)
     with pytest.raises(ValueError, match="consecutive"):
-        indexset.shared_ids([indexset.load_shard(m, 0), indexset.load_shard(m, 2)])
+        shared_ids([indexset.load_shard(m, 0), indexset.load_shard(m, 2)])
     with pytest.raises(ValueError, match="merges IVF shards"):
-        indexset.merge_shards([indexset.load_shard(m, i) for i in range(3)])
+        merge_shards([indexset.load_shard(m, i) for i in range(3)])
     a = build_index_set(cs_uri, str(tmp_path / "a"), num_shards=2, kind="ivf", nlist=8, seed=0)
     b = build_index_set(cs_uri, str(tmp_path / "b"), num_shards=2, kind="ivf", nlist=8, seed=1)
     with pytest.raises(ValueError, match="own coarse quantizer"):
-        indexset.merge_shards([indexset.load_shard(a, 0), indexset.load_shard(b, 1)])
+        merge_shards([indexset.load_shard(a, 0), indexset.load_shard(b, 1)])
 
 
 @pytest.mark.parametrize("part", ["index", "ids"])

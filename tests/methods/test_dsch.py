@@ -3,9 +3,7 @@
 import torch
 
 from rayhash import dist
-
-from rayhash.methods import losses
-from rayhash.methods import MethodConfig, build_method
+from rayhash.methods import MethodConfig, build_method, losses
 from rayhash.methods.dsch import sample_partners
 from rayhash.train.loop import _batches
 
@@ -69,8 +67,13 @@ def _rank_e_step(codes: torch.Tensor, cut: int):
     shard = codes[:cut] if dist.rank() == 0 else codes[cut:]
     method = build_method(CFG, 16)
     method.e_step(shard, 0)
-    return {"resp": method.fine_resp, "centers": method.fine_centers, "prior": method.fine_log_prior,
-            "coarse": method.coarse_centers, "means": method.gmm_state.means}
+    return {
+        "resp": method.fine_resp,
+        "centers": method.fine_centers,
+        "prior": method.fine_log_prior,
+        "coarse": method.coarse_centers,
+        "means": method.gmm_state.means,
+    }
 
 
 def test_two_gloo_ranks_equal_one_process():

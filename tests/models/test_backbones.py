@@ -6,7 +6,16 @@ from rayhash.models import ModelConfig, WeightsUnavailableError, build_model, li
 
 
 def test_registry_lists_all():
-    assert {"small_cnn", "tiny_cnn", "tiny_cnn_wide", "tiny_cnn_wide3", "mlp", "efficientnet_lite0", "vgg16", "resnet50"} <= set(list_backbones())
+    assert {
+        "small_cnn",
+        "tiny_cnn",
+        "tiny_cnn_wide",
+        "tiny_cnn_wide3",
+        "mlp",
+        "efficientnet_lite0",
+        "vgg16",
+        "resnet50",
+    } <= set(list_backbones())
 
 
 def test_unknown_backbone_names_choices():

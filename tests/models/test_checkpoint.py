@@ -2,15 +2,14 @@ import pytest
 import torch
 
 from rayhash import storage
-
-from rayhash.models import checkpoint
-from rayhash.models import ModelConfig, build_model
+from rayhash.models import ModelConfig, build_model, checkpoint
 
 
 def _save(uri):
     model = build_model(ModelConfig(bits=16))
-    sha = checkpoint.save(uri, config={"model": {"bits": 16}}, model=model.state_dict(), em={"x": torch.ones(2)},
-                          progress={"round": 3})
+    sha = checkpoint.save(
+        uri, config={"model": {"bits": 16}}, model=model.state_dict(), em={"x": torch.ones(2)}, progress={"round": 3}
+    )
     return model, sha
 
 

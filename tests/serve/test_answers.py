@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rayhash.index import indexset
 from rayhash.codespec.binary import hamming
 from rayhash.index.search import merge_topk, topk
+from rayhash.index.shards import fixed_width_ids, ids_of, take_ids
 from rayhash.serve.answers import id_lookup
 
 
@@ -27,11 +27,11 @@ def test_merged_ids_equal_brute_force(k):
         index = faiss.IndexBinaryFlat(16)
         index.add(db[lo:hi])
         d, pos = topk(index, q, k)
-        shard_ids = indexset.fixed_width_ids(pa.array(list(ids[lo:hi]), pa.string()))
-        parts.append((d, np.where(pos >= 0, pos + lo, -1), indexset.take_ids(shard_ids, pos.ravel())))
+        shard_ids = fixed_width_ids(pa.array(list(ids[lo:hi]), pa.string()))
+        parts.append((d, np.where(pos >= 0, pos + lo, -1), take_ids(shard_ids, pos.ravel())))
     dist, keys, source = merge_topk([p[:2] for p in parts], k)
     lookup, table = id_lookup(source, parts)
-    got = indexset.ids_of(table, lookup)
+    got = ids_of(table, lookup)
 
     full = hamming(q, db)
     order = np.lexsort((np.broadcast_to(np.arange(600), full.shape), full), axis=1)[:, :k]

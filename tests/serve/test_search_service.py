@@ -17,8 +17,8 @@ from PIL import Image
 
 from rayhash.codespec import binary as codes_lib
 from rayhash.encode.codeset import write_codeset
-from rayhash.models.encoder import ImageEncoder
 from rayhash.index import build_index_set
+from rayhash.models.encoder import ImageEncoder
 from rayhash.serve import SearchClient, SearchError, answer_info, start
 
 APP = "rayhash-search-test"
@@ -33,8 +33,10 @@ def free_port() -> int:
 
 def arrow_rows(table) -> list[list[dict]]:
     """An ``"arrow"`` answer in the default format's shape, to compare with the reference."""
-    return [[{"id": i, "distance": d} for i, d in zip(ids, dist)]
-            for ids, dist in zip(table["ids"].to_pylist(), table["distances"].to_pylist())]  # fmt: skip
+    return [
+        [{"id": i, "distance": d} for i, d in zip(ids, dist)]
+        for ids, dist in zip(table["ids"].to_pylist(), table["distances"].to_pylist())
+    ]
 
 
 def png(image: np.ndarray) -> bytes:
@@ -48,11 +50,22 @@ class Corpus:
         self.encoder = ImageEncoder.from_checkpoint(checkpoint_uri, device="cpu")
         self.images = fashion_mnist.images[:N_IMAGES]
         rng = np.random.default_rng(0)
-        self.codes = np.vstack([self.encoder.encode(list(self.images)),
-                                rng.integers(0, 256, (N_RANDOM, 8), dtype=np.uint8)])  # fmt: skip
-        self.ids = np.array([f"fmnist/{i:05d}" for i in range(N_IMAGES)] + [f"rand/{i}" for i in range(N_RANDOM)], dtype=object)
-        cs = write_codeset(str(root / "codes"), ids=list(self.ids), codes=self.codes, sources=list(self.ids), nbits=64,
-                           checkpoint_uri=checkpoint_uri, checkpoint_sha256=self.encoder.checkpoint_sha256, config={})
+        self.codes = np.vstack(
+            [self.encoder.encode(list(self.images)), rng.integers(0, 256, (N_RANDOM, 8), dtype=np.uint8)]
+        )
+        self.ids = np.array(
+            [f"fmnist/{i:05d}" for i in range(N_IMAGES)] + [f"rand/{i}" for i in range(N_RANDOM)], dtype=object
+        )
+        cs = write_codeset(
+            str(root / "codes"),
+            ids=list(self.ids),
+            codes=self.codes,
+            sources=list(self.ids),
+            nbits=64,
+            checkpoint_uri=checkpoint_uri,
+            checkpoint_sha256=self.encoder.checkpoint_sha256,
+            config={},
+        )
         self.index = build_index_set(cs.uri, str(root / "index"), num_shards=2)
         self.rank = np.argsort(np.argsort(self.ids.astype(str)))
 
@@ -73,10 +86,20 @@ def corpus(tmp_path_factory, fashion_mnist, tiny_checkpoint):
 def url(ray_cluster, corpus):
     from ray import serve
 
-    base = start(corpus.index.uri, port=free_port(), name=APP, route_prefix="/rayhash-test", ready_timeout_s=240,
-                 max_k=500, max_queries=64, max_upload_bytes=256 << 10, max_pixels=1_000_000, timeout_s=4.0,
-                 # A long health-check period keeps killed replicas dead for the failure tests.
-                 shards={"num_replicas": 2, "health_check_period_s": 120})  # fmt: skip
+    base = start(
+        corpus.index.uri,
+        port=free_port(),
+        name=APP,
+        route_prefix="/rayhash-test",
+        ready_timeout_s=240,
+        max_k=500,
+        max_queries=64,
+        max_upload_bytes=256 << 10,
+        max_pixels=1_000_000,
+        timeout_s=4.0,
+        # A long health-check period keeps killed replicas dead for the failure tests.
+        shards={"num_replicas": 2, "health_check_period_s": 120},
+    )
     yield base
     serve.delete(APP)
 
@@ -95,12 +118,26 @@ def queries(corpus, n=24, seed=1):
 def test_stats_healthz_and_docs(url, client, corpus, tiny_checkpoint):
     stats = client.stats()
     assert (stats["shards"], stats["items"], stats["nbits"]) == (2, N_IMAGES + N_RANDOM, 64)
-    assert stats["model"]["checkpoint_sha256"] == corpus.encoder.checkpoint_sha256 == stats["encoder"]["checkpoint_sha256"]
+    assert (
+        stats["model"]["checkpoint_sha256"] == corpus.encoder.checkpoint_sha256 == stats["encoder"]["checkpoint_sha256"]
+    )
     assert stats["codeset"]["manifest_sha256"] == corpus.index.codeset_manifest_sha256
-    assert stats["index"] == {"uri": corpus.index.uri, "manifest_sha256": corpus.index.sha256, "kind": "flat", "params": {}}
+    assert stats["index"] == {
+        "uri": corpus.index.uri,
+        "manifest_sha256": corpus.index.sha256,
+        "kind": "flat",
+        "params": {},
+    }
     assert client.healthz()["status"] == "ok"
     paths = requests.get(f"{url}/openapi.json", timeout=10).json()["paths"]
-    assert {"/search/codes", "/search/packed", "/search/image", "/items/{item_id}/neighbors", "/stats", "/healthz"} <= set(paths)
+    assert {
+        "/search/codes",
+        "/search/packed",
+        "/search/image",
+        "/items/{item_id}/neighbors",
+        "/stats",
+        "/healthz",
+    } <= set(paths)
 
 
 @pytest.mark.parametrize("k", [1, 10, 100, 500])
@@ -129,18 +166,28 @@ def test_packed_codes_find_what_their_hex_finds(url, client, corpus):
     table = client.search_packed(q, k=40, radius=24)
     assert arrow_rows(table) == within and answer_info(table)["radius"] == 24
     # the raw route, as any HTTP client sends it
-    r = requests.post(f"{url}/search/packed", params={"k": 40, "format": "columns"}, data=q.tobytes(),
-                      headers={"Content-Type": "application/octet-stream"}, timeout=30)  # fmt: skip
+    r = requests.post(
+        f"{url}/search/packed",
+        params={"k": 40, "format": "columns"},
+        data=q.tobytes(),
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
-    assert r.json()["results"] == [{"ids": [x["id"] for x in row], "distances": [x["distance"] for x in row]} for row in want]
+    assert r.json()["results"] == [
+        {"ids": [x["id"] for x in row], "distances": [x["distance"] for x in row]} for row in want
+    ]
 
 
 @pytest.mark.parametrize("as_multipart", [True, False])
 def test_image_upload_finds_what_its_code_finds(url, corpus, as_multipart):
     image = corpus.images[7]
     code = corpus.encoder.encode([image])
-    kw = ({"files": {"file": ("shirt.png", png(image), "image/png")}} if as_multipart
-          else {"data": png(image), "headers": {"Content-Type": "image/png"}})  # fmt: skip
+    kw = (
+        {"files": {"file": ("shirt.png", png(image), "image/png")}}
+        if as_multipart
+        else {"data": png(image), "headers": {"Content-Type": "image/png"}}
+    )
     r = requests.post(f"{url}/search/image", params={"k": 25}, timeout=30, **kw)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -153,7 +200,7 @@ def test_image_upload_finds_what_its_code_finds(url, corpus, as_multipart):
 @pytest.mark.parametrize("item", ["fmnist/00003", "rand/17"])
 def test_neighbors_of_an_indexed_item_exclude_itself(client, corpus, item):
     j = int(np.flatnonzero(corpus.ids == item)[0])
-    want = [r for r in corpus.brute_force(corpus.codes[j:j + 1], 31)[0] if r["id"] != item][:30]
+    want = [r for r in corpus.brute_force(corpus.codes[j : j + 1], 31)[0] if r["id"] != item][:30]
     assert client.neighbors(item, k=30) == want
 
 
@@ -167,7 +214,13 @@ def bomb_png() -> bytes:
 
 BAD_REQUESTS = [
     # (method, path, request kwargs, status, words the message must contain)
-    ("post", "/search/codes", {"json": {"codes": ["00ff"], "k": 5}}, 422, "4 hex digits (16 bits); this index holds 64-bit"),
+    (
+        "post",
+        "/search/codes",
+        {"json": {"codes": ["00ff"], "k": 5}},
+        422,
+        "4 hex digits (16 bits); this index holds 64-bit",
+    ),
     ("post", "/search/codes", {"json": {"codes": ["zz" * 8]}}, 422, "not valid hex"),
     ("post", "/search/codes", {"json": {"codes": []}}, 422, "at least 1 item"),
     ("post", "/search/codes", {"json": {"codes": ["00" * 8], "k": 0}}, 422, "k must be between 1 and 500"),
@@ -177,38 +230,106 @@ BAD_REQUESTS = [
     ("post", "/search/codes", {"json": {"codes": ["00" * 8], "format": "rows"}}, 422, "'columns' or 'arrow'"),
     ("post", "/search/codes", {"json": {"codes": ["00" * 8] * 65}}, 413, "at most 64"),
     ("post", "/search/codes", {"data": b"not json", "headers": {"Content-Type": "application/json"}}, 422, "JSON"),
-    ("post", "/search/packed", {"data": bytes(12), "headers": {"Content-Type": OCTETS}}, 422,
-     "12 bytes is not a whole number of codes: this index holds 64-bit codes, 8 bytes each"),
+    (
+        "post",
+        "/search/packed",
+        {"data": bytes(12), "headers": {"Content-Type": OCTETS}},
+        422,
+        "12 bytes is not a whole number of codes: this index holds 64-bit codes, 8 bytes each",
+    ),
     ("post", "/search/packed", {"data": b"", "headers": {"Content-Type": OCTETS}}, 400, "the body is empty"),
-    ("post", "/search/packed", {"data": bytes(8 * 65), "headers": {"Content-Type": OCTETS}}, 413,
-     "exceeds 64 codes of 8 bytes"),
-    ("post", "/search/packed", {"data": iter([bytes(8 * 40)] * 2), "headers": {"Content-Type": OCTETS}}, 413,
-     "the body exceeds 64 codes"),
+    (
+        "post",
+        "/search/packed",
+        {"data": bytes(8 * 65), "headers": {"Content-Type": OCTETS}},
+        413,
+        "exceeds 64 codes of 8 bytes",
+    ),
+    (
+        "post",
+        "/search/packed",
+        {"data": iter([bytes(8 * 40)] * 2), "headers": {"Content-Type": OCTETS}},
+        413,
+        "the body exceeds 64 codes",
+    ),
     ("post", "/search/packed", {"json": {"codes": ["00" * 8]}}, 415, "send the codes' bytes"),
-    ("post", "/search/packed", {"data": bytes(8), "params": {"k": 0}, "headers": {"Content-Type": OCTETS}}, 422,
-     "k must be between 1 and 500"),
-    ("post", "/search/packed", {"data": bytes(8), "params": {"radius": 70}, "headers": {"Content-Type": OCTETS}}, 422,
-     "radius must be between 0 and 64"),
-    ("post", "/search/packed", {"data": bytes(8), "params": {"format": "rows"}, "headers": {"Content-Type": OCTETS}}, 422,
-     "'columns' or 'arrow'"),
+    (
+        "post",
+        "/search/packed",
+        {"data": bytes(8), "params": {"k": 0}, "headers": {"Content-Type": OCTETS}},
+        422,
+        "k must be between 1 and 500",
+    ),
+    (
+        "post",
+        "/search/packed",
+        {"data": bytes(8), "params": {"radius": 70}, "headers": {"Content-Type": OCTETS}},
+        422,
+        "radius must be between 0 and 64",
+    ),
+    (
+        "post",
+        "/search/packed",
+        {"data": bytes(8), "params": {"format": "rows"}, "headers": {"Content-Type": OCTETS}},
+        422,
+        "'columns' or 'arrow'",
+    ),
     ("get", "/items/no-such-item/neighbors", {}, 404, "no item with id 'no-such-item'"),
     ("get", "/items/rand%2F1/neighbors", {"params": {"k": "ten"}}, 422, "valid integer"),
     ("get", "/items/rand%2F1/neighbors", {"params": {"k": 9999}}, 422, "k must be between 1 and 500"),
     ("post", "/search/image", {"data": b"", "headers": {"Content-Type": "image/png"}}, 400, "empty"),
     ("post", "/search/image", {"files": {"file": ("a.png", b"", "image/png")}}, 400, "empty"),
-    ("post", "/search/image", {"data": BIG, "headers": {"Content-Type": "image/png"}}, 413, "upload limit of 262144 bytes"),
-    ("post", "/search/image", {"data": iter([BIG[i:i + 65536] for i in range(0, len(BIG), 65536)]),
-                               "headers": {"Content-Type": "image/png"}}, 413, "exceeds the upload limit"),
-    ("post", "/search/image", {"data": b"GIF89a-not-really" * 10, "headers": {"Content-Type": "image/gif"}}, 422,
-     "not a usable image"),
+    (
+        "post",
+        "/search/image",
+        {"data": BIG, "headers": {"Content-Type": "image/png"}},
+        413,
+        "upload limit of 262144 bytes",
+    ),
+    (
+        "post",
+        "/search/image",
+        {
+            "data": iter([BIG[i : i + 65536] for i in range(0, len(BIG), 65536)]),
+            "headers": {"Content-Type": "image/png"},
+        },
+        413,
+        "exceeds the upload limit",
+    ),
+    (
+        "post",
+        "/search/image",
+        {"data": b"GIF89a-not-really" * 10, "headers": {"Content-Type": "image/gif"}},
+        422,
+        "not a usable image",
+    ),
     ("post", "/search/image", {"files": {"file": ("a.txt", b"hello, world", "text/plain")}}, 422, "not_an_image"),
     ("post", "/search/image", {"files": {"other": ("a.png", b"x", "image/png")}}, 422, "no file field 'file'"),
     ("post", "/search/image", {"json": {"image": "..."}}, 415, "Content-Type application/json is not an image upload"),
-    ("post", "/search/image", {"data": png(np.random.default_rng(0).integers(0, 256, (28, 28, 1), np.uint8))[:400],
-                               "headers": {"Content-Type": "image/png"}}, 422, "not a usable image"),
-    ("post", "/search/image", {"data": bomb_png(), "headers": {"Content-Type": "image/png"}}, 413, "decompression_bomb"),
-    ("post", "/search/image", {"data": png(np.zeros((28, 28, 1), np.uint8)), "params": {"k": -1},
-                               "headers": {"Content-Type": "image/png"}}, 422, "k must be between 1"),
+    (
+        "post",
+        "/search/image",
+        {
+            "data": png(np.random.default_rng(0).integers(0, 256, (28, 28, 1), np.uint8))[:400],
+            "headers": {"Content-Type": "image/png"},
+        },
+        422,
+        "not a usable image",
+    ),
+    (
+        "post",
+        "/search/image",
+        {"data": bomb_png(), "headers": {"Content-Type": "image/png"}},
+        413,
+        "decompression_bomb",
+    ),
+    (
+        "post",
+        "/search/image",
+        {"data": png(np.zeros((28, 28, 1), np.uint8)), "params": {"k": -1}, "headers": {"Content-Type": "image/png"}},
+        422,
+        "k must be between 1",
+    ),
 ]
 
 

@@ -9,12 +9,10 @@ import torch
 import yaml
 
 from rayhash import config, storage
-
-from rayhash.models import checkpoint
 from rayhash.encode.codeset import write_codeset
-from rayhash.models.encoder import ImageEncoder
 from rayhash.index import build_index_set
-from rayhash.models import ModelConfig, build_model
+from rayhash.models import ModelConfig, build_model, checkpoint
+from rayhash.models.encoder import ImageEncoder
 from rayhash.serve import ServeConfig, build_app, start
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,16 +24,27 @@ def index(tmp_path_factory, fashion_mnist, tiny_checkpoint):
     enc = ImageEncoder.from_checkpoint(tiny_checkpoint, device="cpu")
     codes = enc.encode(list(fashion_mnist.images[:200]))
     ids = [f"img{i}" for i in range(200)]
-    cs = write_codeset(str(root / "codes"), ids=ids, codes=codes, sources=ids, nbits=64,
-                       checkpoint_uri=tiny_checkpoint, checkpoint_sha256=enc.checkpoint_sha256, config={})
+    cs = write_codeset(
+        str(root / "codes"),
+        ids=ids,
+        codes=codes,
+        sources=ids,
+        nbits=64,
+        checkpoint_uri=tiny_checkpoint,
+        checkpoint_sha256=enc.checkpoint_sha256,
+        config={},
+    )
     return build_index_set(cs.uri, str(root / "index"), num_shards=2)
 
 
 def test_a_checkpoint_that_did_not_write_the_codes_is_refused(index, tmp_path):
     torch.manual_seed(1)  # same architecture and code length, other weights: codes not comparable
     other = str(tmp_path / "other")
-    checkpoint.save(other, config={"model": {"backbone": "small_cnn", "bits": 64}},
-                    model=build_model(ModelConfig(backbone="small_cnn", bits=64)).state_dict())
+    checkpoint.save(
+        other,
+        config={"model": {"backbone": "small_cnn", "bits": 64}},
+        model=build_model(ModelConfig(backbone="small_cnn", bits=64)).state_dict(),
+    )
     with pytest.raises(ValueError, match="is not the model that wrote the codes"):
         build_app(ServeConfig(index=index.uri, checkpoint=other))
     build_app(ServeConfig(index=index.uri))  # the code set's own checkpoint is accepted
@@ -70,7 +79,13 @@ def test_a_shard_changed_after_the_build_fails_the_deploy(ray_cluster, index, tm
         port = s.getsockname()[1]
     try:
         with pytest.raises(RuntimeError, match="failed to deploy.*SHA-256"):
-            start(copy, port=port, name="rayhash-changed-shard", route_prefix="/changed", encode_images=False,
-                  ready_timeout_s=240)
+            start(
+                copy,
+                port=port,
+                name="rayhash-changed-shard",
+                route_prefix="/changed",
+                encode_images=False,
+                ready_timeout_s=240,
+            )
     finally:
         serve.delete("rayhash-changed-shard")

@@ -11,8 +11,8 @@ import pytest
 import requests
 from test_search_service import Corpus, arrow_rows, free_port, queries
 
-from rayhash.codespec import binary as codes_lib
 from rayhash import storage
+from rayhash.codespec import binary as codes_lib
 from rayhash.serve import SearchClient, start
 from rayhash.serve.app import direct_ingress_urls
 
@@ -28,8 +28,18 @@ def corpus(tmp_path_factory, fashion_mnist, tiny_checkpoint):
 def url(ray_cluster, corpus):
     from ray import serve
 
-    base = start(corpus.index.uri, port=free_port(), name=APP, route_prefix="/local", ready_timeout_s=240,
-                 encode_images=False, shards_in_ingress=True, max_k=500, max_queries=64, timeout_s=4.0)  # fmt: skip
+    base = start(
+        corpus.index.uri,
+        port=free_port(),
+        name=APP,
+        route_prefix="/local",
+        ready_timeout_s=240,
+        encode_images=False,
+        shards_in_ingress=True,
+        max_k=500,
+        max_queries=64,
+        timeout_s=4.0,
+    )
     yield base
     serve.delete(APP)
 
@@ -61,7 +71,7 @@ def test_concurrent_requests_share_batches_and_stay_exact(url, corpus):
     want = corpus.brute_force(q, 50)
 
     def one(i):
-        r = requests.post(f"{url}/search/codes", json={"codes": codes_lib.to_hex(q[i:i + 1]), "k": 50}, timeout=30)
+        r = requests.post(f"{url}/search/codes", json={"codes": codes_lib.to_hex(q[i : i + 1]), "k": 50}, timeout=30)
         return r.json()["results"][0]
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -76,12 +86,13 @@ def test_radius_and_neighbors(client, corpus):
     by_columns = client.search_codes(q, k=50, radius=20, format="columns")
     assert by_columns == [{"ids": [r["id"] for r in row], "distances": [r["distance"] for r in row]} for row in got]
     full = client.search_codes(q, k=50, format="columns")
-    assert full == [{"ids": [r["id"] for r in row], "distances": [r["distance"] for r in row]}
-                    for row in corpus.brute_force(q, 50)]  # fmt: skip
+    assert full == [
+        {"ids": [r["id"] for r in row], "distances": [r["distance"] for r in row]} for row in corpus.brute_force(q, 50)
+    ]
     assert arrow_rows(client.search_codes(q, k=50, radius=20, format="arrow")) == got
     assert arrow_rows(client.search_codes(q, k=50, format="arrow")) == corpus.brute_force(q, 50)
     j = int(np.flatnonzero(corpus.ids == "rand/17")[0])
-    want = [r for r in corpus.brute_force(corpus.codes[j:j + 1], 31)[0] if r["id"] != "rand/17"][:30]
+    want = [r for r in corpus.brute_force(corpus.codes[j : j + 1], 31)[0] if r["id"] != "rand/17"][:30]
     assert client.neighbors("rand/17", k=30) == want
     assert requests.get(f"{client.url}/items/nope/neighbors", timeout=30).status_code == 404
 
@@ -104,8 +115,15 @@ def test_a_changed_shard_fails_the_ingress_deploy(ray_cluster, corpus, tmp_path)
     storage.write_bytes_atomic(f"{copy}/{corpus.index.shards[0].ids_path}", b"not the ids that were indexed")
     try:
         with pytest.raises(RuntimeError, match="failed to deploy.*SHA-256"):
-            start(copy, port=free_port(), name="rayhash-local-changed", route_prefix="/local-changed",
-                  encode_images=False, shards_in_ingress=True, ready_timeout_s=240)  # fmt: skip
+            start(
+                copy,
+                port=free_port(),
+                name="rayhash-local-changed",
+                route_prefix="/local-changed",
+                encode_images=False,
+                shards_in_ingress=True,
+                ready_timeout_s=240,
+            )
     finally:
         serve.delete("rayhash-local-changed")
 
@@ -117,8 +135,7 @@ def test_ivf_served_answers_what_its_shards_find(ray_cluster, corpus, tmp_path, 
     id is an item at the distance given (ties at the k-th may be cut differently: IVF is approximate)."""
     from ray import serve
 
-    from rayhash.index import indexset
-    from rayhash.index import build_index_set
+    from rayhash.index import build_index_set, indexset
     from rayhash.index.search import merge_topk
 
     ivf = build_index_set(corpus.index.codeset_uri, str(tmp_path / "ivf"), num_shards=2, kind="ivf", nlist=16, nprobe=4)
@@ -127,8 +144,17 @@ def test_ivf_served_answers_what_its_shards_find(ray_cluster, corpus, tmp_path, 
     want_d, _, _ = merge_topk(parts, 40)
     name = f"rayhash-ivf-{'ingress' if in_ingress else 'deployments'}"
     try:
-        base = start(ivf.uri, port=free_port(), name=name, route_prefix=f"/{name}", ready_timeout_s=240,
-                     encode_images=False, shards_in_ingress=in_ingress, max_queries=64, timeout_s=10.0)  # fmt: skip
+        base = start(
+            ivf.uri,
+            port=free_port(),
+            name=name,
+            route_prefix=f"/{name}",
+            ready_timeout_s=240,
+            encode_images=False,
+            shards_in_ingress=in_ingress,
+            max_queries=64,
+            timeout_s=10.0,
+        )
         client = SearchClient(base)
         assert client.stats()["index"]["kind"] == "ivf"
         got = client.search_codes(q, k=40)

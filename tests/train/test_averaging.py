@@ -41,7 +41,7 @@ def test_averaged_model_holds_the_mean_and_measures_its_own_batch_norm_statistic
     x = torch.randn(64, 5)
     averaged = average.averaged_model(net, [x])
     assert not averaged.training and net[1].running_mean.abs().sum() == 0  # the live model is untouched
-    for (name, p), q in zip(averaged.named_parameters(), net.parameters()):
+    for (name, p), q in zip(averaged.named_parameters(), net.parameters(), strict=True):
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy() * 2 / 3, rtol=1e-6, err_msg=name)
     pre_bn = averaged[0](x).detach().numpy()  # one batch: the statistics are that batch's, var unbiased
     np.testing.assert_allclose(averaged[1].running_mean.numpy(), pre_bn.mean(0), rtol=1e-5, atol=1e-6)

@@ -3,15 +3,22 @@
 import pytest
 import torch
 
-from rayhash.models import checkpoint
 from rayhash.config import load
+from rayhash.models import checkpoint
 from rayhash.train.config import TrainConfig
 from rayhash.train.loop import run_rounds
 
 TINY = [
-    "--data.protocol=random", "--data.random_queries=100", "--data.random_train=256",
-    "--model.bits=16", "--optim.batch_size=64", "--method.fine_components=8", "--method.coarse_components=3",
-    "--run.rounds=2", "--run.torch_threads=1", "--eval.enabled=false",
+    "--data.protocol=random",
+    "--data.random_queries=100",
+    "--data.random_train=256",
+    "--model.bits=16",
+    "--optim.batch_size=64",
+    "--method.fine_components=8",
+    "--method.coarse_components=3",
+    "--run.rounds=2",
+    "--run.torch_threads=1",
+    "--eval.enabled=false",
 ]
 
 

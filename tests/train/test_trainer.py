@@ -1,18 +1,24 @@
 """Real Ray Train runs on the session's local cluster: small data, a few rounds each."""
 
+import json
 import os
-import tempfile
+import signal
 
-
-from rayhash.models import checkpoint
 from rayhash.config import load
+from rayhash.models import checkpoint
 from rayhash.train.config import TrainConfig
 from rayhash.train.trainer import run_training
 
 TINY = [
-    "--data.protocol=random", "--data.random_queries=100", "--data.random_train=256",
-    "--model.bits=16", "--optim.batch_size=64", "--method.fine_components=8", "--method.coarse_components=3",
-    "--run.cpus_per_worker=0.5", "--eval.enabled=false",
+    "--data.protocol=random",
+    "--data.random_queries=100",
+    "--data.random_train=256",
+    "--model.bits=16",
+    "--optim.batch_size=64",
+    "--method.fine_components=8",
+    "--method.coarse_components=3",
+    "--run.cpus_per_worker=0.5",
+    "--eval.enabled=false",
 ]
 
 
@@ -20,7 +26,7 @@ def _cfg(tmp_path_or_uri, name, *extra):
     return load(TrainConfig, None, [*TINY, f"--run.storage_path={tmp_path_or_uri}", f"--run.name={name}", *extra])
 
 
-def test_two_workers_write_a_checkpoint(ray_cluster, tmp_path):
+def test_two_workers_write_a_checkpoint(ray_cluster, tmp_path, capsys):
     # One loader worker each: DataLoader workers fork inside Ray's worker processes too.
     cfg = _cfg(tmp_path, "two", "--run.num_workers=2", "--run.rounds=2", "--run.loader_workers=1")
     result = run_training(cfg)
@@ -30,22 +36,87 @@ def test_two_workers_write_a_checkpoint(ray_cluster, tmp_path):
     assert ckpt.config["run"]["loader_workers"] == 1
     assert ckpt.em["gmm"]["means"].shape == (8, 16)  # the E-step ran cluster-wide after the warm-up round
     assert result.metrics["fine_components"] == 8.0
+    # The driver shows one line per round, with the loss's terms, as the controller collects it.
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("round ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"], lines
+    assert "(ic " in lines[0] and "fine " in lines[1] and "samples/s" in lines[1]
+
+
+def _kill_a_worker_after_round(round_index: int, test_pid: int, record: str):
+    """A Ray Train callback that SIGKILLs one training worker (no cleanup) as the controller
+    collects round ``round_index``'s report, once: the work of the rounds after it is lost, and
+    the latest checkpoint the run holds is that round's. Killed from the controller's own report
+    handling, before its next poll, no later round's report can be collected first.
+
+    The workers are found among the processes below ``test_pid``: this test session's local
+    Ray cluster is its child, so other Ray clusters on the machine are left alone. Everything
+    is defined in here because the callback is pickled by value to the controller.
+    """
+    from ray.train import UserCallback
+
+    def processes_below(root: int) -> dict[int, str]:
+        parents, commands = {}, {}
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    commands[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                continue  # exited while being read
+        below, frontier = set(), {root}
+        while frontier:
+            frontier = {pid for pid, parent in parents.items() if parent in frontier} - below
+            below |= frontier
+        return {pid: commands.get(pid, "") for pid in below}
+
+    class KillAWorker(UserCallback):
+        def __init__(self):
+            self.done = False
+
+        def after_report(self, run_context, metrics, **_):  # Ray passes the checkpoint by keyword
+            if self.done or metrics[0]["round"] != round_index:
+                return
+            self.done = True
+            below = processes_below(test_pid)
+            workers = sorted(pid for pid, cmd in below.items() if cmd.startswith("ray::RayTrainWorker"))
+            os.kill(workers[-1], signal.SIGKILL)
+            with open(record, "w") as f:
+                json.dump({"killed": workers[-1], "workers": workers}, f)
+
+    return KillAWorker()
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has died, unreaped
+    except FileNotFoundError:
+        return False
 
 
 def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster, tmp_path):
-    cfg = _cfg(tmp_path, "chaos", "--run.num_workers=2", "--run.rounds=3", "--run.chaos_kill_at_round=1",
-               "--run.max_failures=1", "--optim.swa_start=0")
-    marker_dir = os.path.join(tempfile.gettempdir(), "rayhash-chaos", "chaos")
-    for f in os.listdir(marker_dir) if os.path.isdir(marker_dir) else []:
-        os.remove(os.path.join(marker_dir, f))
-    result = run_training(cfg)
-    assert os.path.exists(os.path.join(marker_dir, "chaos-killed-round-1"))  # the worker really died
+    cfg = _cfg(
+        tmp_path, "chaos", "--run.num_workers=2", "--run.rounds=3", "--run.max_failures=1", "--optim.swa_start=0"
+    )
+    record = str(tmp_path / "killed")
+    rounds_seen = []
+    result = run_training(
+        cfg,
+        on_round=lambda m: rounds_seen.append(m["round"]),
+        callbacks=[_kill_a_worker_after_round(0, os.getpid(), record)],
+    )
+    killed = json.loads(open(record).read())
+    assert len(killed["workers"]) == 2  # the run's two workers were found, and one was killed ...
+    assert not _running(killed["killed"])  # ... for good
     ckpt = checkpoint.load(result.checkpoint)
     assert ckpt.progress["round"] == 2
     # resumed once, at round 1: only the round the worker died in was run again
     assert ckpt.progress["resumes"] == [1]
     # the weight average came through the resume: rounds 0-2, each counted once
     assert ckpt.averaging["count"] == 3 and set(ckpt.averaging["live_model"]) == set(ckpt.model)
+    # the driver heard of every round once: the lost round's report was never collected
+    assert rounds_seen == [0, 1, 2]
 
 
 def test_s3_checkpoint_and_resubmission_continue(ray_cluster, s3_bucket):

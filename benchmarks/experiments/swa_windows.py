@@ -1,6 +1,7 @@
-"""Which weight-averaging window serves best: one run, several windows at once.
+"""Asked: which weight-averaging window serves best? One run scores several windows at once.
 
-    python benchmarks/swa_windows.py LABEL --run.seed=1 --method.seed=1 --run.torch_threads=1 --run.rounds=120
+    python benchmarks/experiments/swa_windows.py LABEL --run.seed=1 --method.seed=1 --run.torch_threads=1 \\
+        --run.rounds=120
 
 Trains configs/fmnist-dsch-64.yaml (plus the overrides given) in one process with averaging off,
 feeds the live weights after every round to one running mean per window start (``STARTS``,
@@ -9,30 +10,34 @@ each mean, batch-norm statistics re-measured as ``rayhash.train.averaging`` does
 weights after rounds 60, 100 and the last. Averaging never changes the training trajectory, so
 one run answers for every window. Building a model each round draws from torch's global
 generator, so the augmentations (and the run's figures) differ from a run without this script.
-Prints one JSON line; the session-17 rows P17-swa-windows-* in
-benchmarks/results/fmnist_recipe_pilots.json came from it.
+Prints one JSON line; the rows P17-swa-windows-* in benchmarks/results/fmnist_recipe_pilots.json
+came from it.
 """
 
+import argparse
 import json
 import os
-import sys
 import time
 
 import torch
-
 from protocol_scores import model_map
+
 from rayhash.config import load
 from rayhash.models import build_model
 from rayhash.train.averaging import WeightAverage
 from rayhash.train.config import TrainConfig
 from rayhash.train.loop import eval_batches, load_split, run_rounds
 
+CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "fmnist-dsch-64.yaml")
+
 
 def main() -> None:
-    label, overrides = sys.argv[1], sys.argv[2:]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("label", help="the run's name in the printed JSON")
+    args, overrides = parser.parse_known_args()
+    label = args.label
     starts = [int(s) for s in os.environ.get("STARTS", "40,60,80,100").split(",")]
-    config = os.path.join(os.path.dirname(__file__), "..", "configs", "fmnist-dsch-64.yaml")
-    cfg = load(TrainConfig, config, ["--optim.swa_start=-1", *overrides])
+    cfg = load(TrainConfig, CONFIG, ["--optim.swa_start=-1", *overrides])
     data, split = load_split(cfg.data)
     shard = data.images[split.train]
     means = {s: WeightAverage() for s in starts}

@@ -1,6 +1,6 @@
-"""Where a trained model loses retrieval quality: backbone features -> hash head -> sign.
+"""Asked: where does a trained model lose retrieval quality: backbone features, hash head or sign?
 
-    python benchmarks/head_gap.py CHECKPOINT [CHECKPOINT ...] --out benchmarks/results/fmnist_head_gap.json
+    python benchmarks/experiments/head_gap.py CHECKPOINT [CHECKPOINT ...] --out head_gap.json
 
 For each checkpoint, on the Fashion-MNIST protocol (PROTOCOL.md), mAP@1000 of:
 
@@ -18,18 +18,20 @@ Diagnostics only: none of these codes is DSCH's, and rayhash ships none of them.
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from protocol_scores import cosine_map, features_and_preactivations, packed_map, query_then_database
-from results_io import command_line, write_result
-from rayhash.codespec import binary as codes
+
+from rayhash import storage
 from rayhash.baselines import create_baseline
-from rayhash.models.checkpoint import load as load_checkpoint
+from rayhash.codespec import binary as codes
 from rayhash.config import from_dict
+from rayhash.models.checkpoint import load as load_checkpoint
 from rayhash.models.encoder import ImageEncoder
 from rayhash.train.config import DataConfig
 from rayhash.train.loop import load_split
@@ -50,9 +52,14 @@ def head_gap(uri: str, seed: int = 0) -> dict:
     itq_feat = create_baseline("itq").fit(F.normalize(train_feats, dim=1).numpy(), nbits, seed=seed)
     itq_head = create_baseline("itq").fit(train_pre.numpy(), nbits, seed=seed)
     return {
-        "checkpoint": ckpt.uri, "checkpoint_sha256": ckpt.sha256, "round": ckpt.progress.get("round"),
-        "method": ckpt.config["method"]["name"], "ablation": ckpt.config["method"].get("ablation"),
-        "seed": ckpt.config["run"].get("seed"), "bits": nbits, "train_images": len(split.train),
+        "checkpoint": ckpt.uri,
+        "checkpoint_sha256": ckpt.sha256,
+        "round": ckpt.progress.get("round"),
+        "method": ckpt.config["method"]["name"],
+        "ablation": ckpt.config["method"].get("ablation"),
+        "seed": ckpt.config["run"].get("seed"),
+        "bits": nbits,
+        "train_images": len(split.train),
         "map_at_1000": {
             "binary": hamming_map(pre.numpy() > 0),
             "float": cosine_map(torch.tanh(pre), data, split),
@@ -60,13 +67,13 @@ def head_gap(uri: str, seed: int = 0) -> dict:
             "itq_on_features": hamming_map(itq_feat.encode(unit)),
             "head_rotated": hamming_map(itq_head.encode(pre.numpy())),
         },
-    }  # fmt: skip
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+")
-    parser.add_argument("--out", default="benchmarks/results/fmnist_head_gap.json")
+    parser.add_argument("--out", required=True, help="where the JSON goes (local path or s3://)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,7 +87,13 @@ def main() -> int:
         same = [row["map_at_1000"] for row in rows if row["round"] == r]
         means[str(r)] = {"n": len(same), **{key: float(np.mean([m[key] for m in same])) for key in same[0]}}
         print(f"round {r}, mean of {len(same)}:", {k: round(v, 4) for k, v in means[str(r)].items()})
-    write_result(args.out, {"protocol": "fmnist-1k", "command": command_line(), "mean_by_round": means, "rows": rows})
+    result = {
+        "protocol": "fmnist-1k",
+        "command": "python " + shlex.join(sys.argv),
+        "mean_by_round": means,
+        "rows": rows,
+    }
+    storage.write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -1,0 +1,310 @@
+"""Write the README's results tables from the committed results, and docs/configuration.md's key
+tables from the config dataclasses, between their markers.
+
+    python benchmarks/readme_tables.py           # rewrite the blocks in README.md and docs/configuration.md
+    python benchmarks/readme_tables.py --check   # exit 1, naming each block, where a file disagrees
+
+A block is the text between ``<!-- results:NAME:start -->`` and ``<!-- results:NAME:end -->``
+(``config:NAME`` in docs/configuration.md). Everything outside the markers is left as written, so
+prose can sit around a table while its numbers always come from benchmarks/results/*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import inspect
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BITS = (16, 32, 64)
+# PROTOCOL.md's quality targets for DSCH's mean over seeds.
+TARGETS = {16: 0.72, 32: 0.77, 64: 0.80}
+HEADLINE_TRAIN_IMAGES = 5000  # PROTOCOL.md's training set; other sizes get a row of their own
+METHOD_LABELS = {
+    "itq": "ITQ on raw pixels",
+    "lsh": "LSH on raw pixels",
+    "dsch-ablation": "DSCH ablation (plain NT-Xent)",
+    "dsch": "DSCH",
+}
+DASH = "—"
+MARKER = re.compile(r"(<!-- (results|config):([\w.-]+):start -->\n)(.*?)(<!-- \2:\3:end -->)", re.S)
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+def _load(results: Path, name: str) -> dict:
+    return json.loads((results / name).read_text())
+
+
+def _method_label(row: dict) -> str:
+    label = METHOD_LABELS.get(row["method"], row["method"])
+    images = row.get("train_images", HEADLINE_TRAIN_IMAGES)
+    return label if images == HEADLINE_TRAIN_IMAGES else f"{label} (trained on {images:,} images)"
+
+
+def quality_runs(rows: list[dict]) -> tuple[list[str], dict[tuple[str, int], list[float]]]:
+    """Method labels in table order and mAP@1000 per (label, bits); also what summarize_fmnist.py plots."""
+    runs: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for r in rows:
+        runs[(_method_label(r), int(r["bits"]))].append(float(r["map_at_1000"]))
+    order = list(METHOD_LABELS.values())
+    labels = sorted({label for label, _ in runs}, key=lambda m: (order.index(m) if m in order else len(order), m))
+    return labels, runs
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return DASH
+    if len(values) == 1:
+        return f"{values[0]:.3f} (n=1)"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
+
+
+def quality_table(rows: list[dict]) -> str:
+    labels, runs = quality_runs(rows)
+    lines = ["| method | " + " | ".join(f"{b} bits" for b in BITS) + " |", "| --- |" + " --- |" * len(BITS)]
+    for label in labels:
+        cells = []
+        for b in BITS:
+            v = runs.get((label, b), [])
+            cell = mean_sd(v)
+            if label == METHOD_LABELS["dsch"] and v and statistics.mean(v) >= TARGETS[b]:
+                cell = f"**{cell}**"  # meets its target
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("| target (DSCH mean) | " + " | ".join(f"{TARGETS[b]:.2f}" for b in BITS) + " |")
+    hardware = sorted({r["hardware"] for r in rows if r.get("hardware")})
+    lines += ["", quality_status(runs), "", "Measured on: " + ("; ".join(hardware) or DASH) + "."]
+    return "\n".join(lines)
+
+
+def quality_status(runs: dict[tuple[str, int], list[float]]) -> str:
+    """One sentence: which of DSCH's targets its mean over seeds meets, with the numbers."""
+    met, short = [], []
+    for b in BITS:
+        v = runs.get((METHOD_LABELS["dsch"], b))
+        if not v:
+            short.append(f"{b} bits (no rows)")
+            continue
+        m = statistics.mean(v)
+        (met if m >= TARGETS[b] else short).append(f"{b} bits ({m:.3f} against {TARGETS[b]:.2f})")
+    parts = ([f"meets its target at {_and(met)}"] if met else []) + ([f"falls short at {_and(short)}"] if short else [])
+    return f"DSCH {', and '.join(parts)}."
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _num(value, fmt: str) -> str:
+    return DASH if value is None else format(value, fmt)
+
+
+def encode_table(result: dict) -> str:
+    row = (result.get("rows") or [{}])[0]
+    details = result.get("details", {})
+    lines = [
+        "| images | Ray Data job, images/s | plain PyTorch loop, images/s | job / loop | job end to end, images/s "
+        "| index build, s per 1M codes |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| {_num(row.get('images'), ',')} | {_num(row.get('ray_images_per_s'), '.0f')} "
+        f"| {_num(row.get('torch_loop_images_per_s'), '.0f')} | {_num(row.get('ratio'), '.2f')} "
+        f"| {_num(details.get('ray_end_to_end_images_per_s'), '.0f')} "
+        f"| {_num(row.get('index_build_s_per_million'), '.1f')} |",
+        "",
+        f"Measured on: {result.get('hardware', DASH)}; model: {details.get('model', DASH)}; "
+        f"`{result.get('command', DASH)}`.",
+    ]
+    return "\n".join(lines)
+
+
+def _find(rows: list[dict], **want) -> dict | None:
+    for r in rows:
+        if all(r.get(k) == v for k, v in want.items()):
+            return r
+    return None
+
+
+def search_table(result: dict) -> str:
+    rows = result.get("rows", [])
+    lines = [
+        "| codes | index | direct faiss, q/s | served / direct: 64 queries a request (arrow) "
+        "| 1,000 queries a request (packed) | 1,000 a request, shard deployments | one query at a time, p50 / p99 ms "
+        "| through Serve's proxy, p50 ms | speed-up over flat | recall@100 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    groups = list(dict.fromkeys((r["codes"], r["index"], r.get("nlist"), r.get("nprobe")) for r in rows))
+    for codes, kind, nlist, nprobe in groups:
+        same = [
+            r for r in rows if (r["codes"], r["index"], r.get("nlist"), r.get("nprobe")) == (codes, kind, nlist, nprobe)
+        ]
+        small = _find(same, placement="ingress", concurrency=16, queries_per_request=64, format="arrow")
+        bulk = _find(same, placement="ingress", concurrency=16, queries_per_request=1000, format="arrow")
+        deployed = _find(same, placement="deployments", concurrency=16, queries_per_request=1000, format="arrow")
+        single = _find(same, placement="ingress", concurrency=1, queries_per_request=1)
+        ref = bulk or small or same[0]
+        name = "flat" if kind == "flat" else f"{kind} ({nlist} lists, nprobe {nprobe})"
+
+        def ratio(r: dict | None) -> str:
+            return _num(r and r.get("served_over_direct"), ".2f")
+
+        latency = f"{single['p50_ms']:.1f} / {single['p99_ms']:.1f}" if single else DASH
+        lines.append(
+            f"| {codes / 1e6:g}M | {name} | {_num(ref.get('direct_qps'), ',.0f')} | {ratio(small)} | {ratio(bulk)} "
+            f"| {ratio(deployed)} | {latency} | {_num(single and single.get('proxy_p50_ms'), '.1f')} "
+            f"| {_num(ref.get('speedup_over_flat'), '.0f')}x | {_num(ref.get('recall_at_100'), '.3f')} |"
+        )
+    first = rows[0] if rows else {}
+    lines += [
+        "",
+        f"{first.get('bits', DASH)}-bit codes, k = {first.get('k', DASH)}, {first.get('shards', DASH)} shards; "
+        f"`{result.get('command', DASH)}`.",
+    ]
+    return "\n".join(lines)
+
+
+def results_blocks(results: Path) -> dict[str, Callable[[], str]]:
+    return {
+        "quality": lambda: quality_table(_load(results, "fmnist_map.json")["rows"]),
+        "encode": lambda: encode_table(_load(results, "encode.json")),
+        "search": lambda: search_table(_load(results, "search.json")),
+    }
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+def _yaml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return '""' if value == "" else value
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_yaml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_yaml(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the class source: the ``#`` lines just above it and the one after it."""
+    comments, pending = {}, []
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("#").strip())
+            continue
+        m = re.match(r"\s+(\w+):[^#]*?(?:#\s*(.*))?$", line)
+        if m and not stripped.startswith(("def ", "@")):
+            comments[m.group(1)] = " ".join(pending + ([m.group(2)] if m.group(2) else []))
+        pending = []
+    return comments
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def config_table(cls: type, prefix: str = "") -> str:
+    """A table of ``cls``'s keys; a field that is itself a config is named, not expanded."""
+    comments = _field_comments(cls)
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for f in dataclasses.fields(cls):
+        default = _default(f)
+        if dataclasses.is_dataclass(default):
+            lines.append(f"| `{prefix}{f.name}` | section | | `{type(default).__name__}`, below |")
+            continue
+        typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        meaning = comments.get(f.name, "").replace("|", "\\|")
+        typ = typ.replace("|", "\\|")
+        lines.append(f"| `{prefix}{f.name}` | `{typ}` | `{_yaml(default)}` | {meaning} |")
+    return "\n".join(lines)
+
+
+def config_blocks() -> dict[str, Callable[[], str]]:
+    """One block per config class, named by where its keys sit in a YAML file."""
+    from rayhash.encode.config import EncodeConfig
+    from rayhash.index.build import IndexBuildConfig
+    from rayhash.quickstart import QuickstartConfig
+    from rayhash.serve.app import ServeConfig
+    from rayhash.train.config import TrainConfig
+
+    blocks: dict[str, Callable[[], str]] = {"train": lambda: config_table(TrainConfig)}
+    for f in dataclasses.fields(TrainConfig):
+        section = _default(f)
+        if dataclasses.is_dataclass(section):
+            blocks[f"train.{f.name}"] = functools.partial(config_table, type(section), f"{f.name}.")
+    blocks["quickstart"] = lambda: config_table(QuickstartConfig)
+    blocks["encode"] = lambda: config_table(EncodeConfig)
+    blocks["index"] = lambda: config_table(IndexBuildConfig)
+    blocks["serve"] = lambda: config_table(ServeConfig)
+    return blocks
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+def rewrite(text: str, lookup: Callable[[str], dict[str, Callable[[], str]]]) -> tuple[str, list[str]]:
+    """``text`` with every marked block regenerated, and the names of the blocks that changed.
+
+    ``lookup(kind)`` gives the block makers of one kind; config blocks import the library (Ray
+    Serve among it), so they are asked for only where a file has config markers.
+    """
+    changed: list[str] = []
+
+    def one(m: re.Match) -> str:
+        kind, name = m.group(2), m.group(3)
+        makers = lookup(kind)
+        if name not in makers:
+            raise SystemExit(f"unknown block {kind}:{name}; known: {', '.join(sorted(makers))}")
+        body = makers[name]() + "\n"
+        if body != m.group(4):
+            changed.append(f"{kind}:{name}")
+        return m.group(1) + body + m.group(5)
+
+    return MARKER.sub(one, text), changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 where a block is stale")
+    parser.add_argument(
+        "--root", type=Path, default=ROOT, help="the repository (README.md, docs/, benchmarks/results/)"
+    )
+    args = parser.parse_args(argv)
+    makers = {"results": lambda: results_blocks(args.root / "benchmarks" / "results"), "config": config_blocks}
+    lookup = functools.cache(lambda kind: makers[kind]())
+    stale = []
+    for rel in ("README.md", "docs/configuration.md"):
+        path = args.root / rel
+        if not path.exists():
+            continue
+        text = path.read_text()
+        new, changed = rewrite(text, lookup)
+        stale += [f"{rel}: {name}" for name in changed]
+        if changed and not args.check:
+            path.write_text(new)
+    if args.check and stale:
+        print("stale, run `python benchmarks/readme_tables.py`:\n  " + "\n  ".join(stale), file=sys.stderr)
+        return 1
+    print("\n".join(f"rewrote {s}" for s in stale) or "up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

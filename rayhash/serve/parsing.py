@@ -1,0 +1,163 @@
+"""What the ingress accepts: request bodies and parameters checked against the service's limits.
+
+Every refusal is an ``HTTPException`` with the 4xx status and a message that says what to send
+instead. Bodies are capped while they are read, never after, so an oversized upload costs no
+more memory than the cap. No Ray here: these run on any Starlette request.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from fastapi import HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+
+from rayhash.codespec import binary as codes_lib
+from rayhash.serve.answers import ARROW_STREAM
+
+# ImageDecodeError.reason -> HTTP status
+DECODE_STATUS = {
+    "empty": 400,
+    "too_large": 413,
+    "decompression_bomb": 413,
+    "unsupported_format": 415,
+    "not_an_image": 422,
+    "truncated": 422,
+    "corrupt": 422,
+}
+IMAGE_TYPES = ("multipart/form-data", "application/octet-stream")
+PACKED_TYPE = "application/octet-stream"
+MULTIPART_SLACK = 64 << 10  # boundaries and part headers around an uploaded file
+
+Format = Literal["objects", "columns", "arrow"]
+
+
+class CodesQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    codes: list[str] = Field(min_length=1, description="packed codes as hex, nbits/4 digits each (MSB first)")
+    k: int = Field(10, description="results per query (1..max_k, see /stats)")
+    radius: int | None = Field(None, description="only items within this Hamming distance (inclusive)")
+    partial: bool = Field(False, description="answer from the shards that respond, marked partial, instead of a 503")
+    format: Format = Field(
+        "objects",
+        description='each result as a list of {"id", "distance"} ("objects"), or as '
+        '{"ids": [...], "distances": [...]} ("columns": a third of the bytes and the '
+        'parsing), or an Apache Arrow IPC stream ("arrow", media type '
+        f"{ARROW_STREAM}): one row per query, list columns ids and distances, "
+        "and k, radius, partial and missing_shards as JSON under the schema's "
+        'metadata key "rayhash" (no per-result parsing: for bulk clients); '
+        "the same order either way",
+    )
+
+
+def content_type(request: Request) -> str:
+    """The request's media type, lower case, without parameters (boundary, charset)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of this service (the ``limits`` of ``/stats``, and the code length)."""
+
+    nbits: int
+    max_k: int
+    max_queries: int
+    max_upload_bytes: int
+
+    def check_k(self, k: int) -> int:
+        if not 1 <= k <= self.max_k:
+            raise HTTPException(422, f"k must be between 1 and {self.max_k} (this service's cap), got {k}")
+        return k
+
+    def check_query(self, k: int, radius: int | None, num_codes: int) -> int:
+        """``k``, once it, the number of codes and ``radius`` are within the limits."""
+        k = self.check_k(k)
+        if num_codes > self.max_queries:
+            raise HTTPException(413, f"{num_codes} codes in one request; this service takes at most {self.max_queries}")
+        if radius is not None and not 0 <= radius <= self.nbits:
+            raise HTTPException(422, f"radius must be between 0 and {self.nbits} (the code length), got {radius}")
+        return k
+
+    def hex_codes(self, codes: list[str]) -> np.ndarray:
+        """Hex codes as packed ``uint8 (n, nbits/8)``; a 422 saying what is wrong with them if not."""
+        try:
+            return codes_lib.from_hex(codes, self.nbits)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+
+    async def packed_codes(self, request: Request) -> np.ndarray:
+        """The body's raw packed codes, ``nbits/8`` bytes each, as ``uint8 (n, nbits/8)``."""
+        nbytes = self.nbits // 8
+        ctype = content_type(request)
+        if ctype != PACKED_TYPE:
+            raise HTTPException(
+                415,
+                f"Content-Type {ctype or '(none)'} is not packed codes: send the codes' bytes "
+                "with Content-Type application/octet-stream, or hex codes as JSON to /search/codes",
+            )
+        body = await read_capped(
+            request,
+            self.max_queries * nbytes,
+            f"{self.max_queries} codes of {nbytes} bytes (this service's max_queries)",
+        )
+        if not body:
+            raise HTTPException(400, "the body is empty: send at least one packed code")
+        if len(body) % nbytes:
+            raise HTTPException(
+                422,
+                f"the body of {len(body)} bytes is not a whole number of codes: this index "
+                f"holds {self.nbits}-bit codes, {nbytes} bytes each",
+            )
+        return np.frombuffer(body, dtype=np.uint8).reshape(-1, nbytes)
+
+    async def image_upload(self, request: Request) -> bytes:
+        """The uploaded image's bytes: a multipart field ``file``, or the whole body."""
+        ctype = content_type(request)
+        multipart = ctype == "multipart/form-data"
+        if not (ctype in IMAGE_TYPES or ctype.startswith("image/")):
+            raise HTTPException(
+                415,
+                f"Content-Type {ctype or '(none)'} is not an image upload: send the image as "
+                "multipart/form-data field 'file', or as the raw body with Content-Type image/* "
+                "or application/octet-stream",
+            )
+        limit = f"the upload limit of {self.max_upload_bytes} bytes"
+        body = await read_capped(request, self.max_upload_bytes + (MULTIPART_SLACK if multipart else 0), limit)
+        data = await form_file(request, body) if multipart else body
+        if not data:
+            raise HTTPException(400, "the upload is empty")
+        if len(data) > self.max_upload_bytes:
+            raise HTTPException(413, f"the image of {len(data)} bytes exceeds {limit}")
+        return data
+
+
+async def read_capped(request: Request, cap: int, limit: str) -> bytes:
+    """The request body, refused with a 413 naming ``limit`` once it passes ``cap`` bytes:
+    by its declared Content-Length before reading, else counted as it arrives."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise HTTPException(413, f"the body of {declared} bytes exceeds {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise HTTPException(413, f"the body exceeds {limit}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def form_file(request: Request, body: bytes) -> bytes:
+    """The bytes of the multipart ``body``'s field ``file``."""
+
+    async def receive():  # replay the body already read (and capped) to Starlette's form parser
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, receive).form(max_files=1, max_fields=16)  # bad framing: 400
+    try:
+        file = form.get("file")
+        if not isinstance(file, UploadFile):
+            raise HTTPException(422, f"the multipart body has no file field 'file' (fields: {sorted(form.keys())})")
+        return await file.read()
+    finally:
+        await form.close()
