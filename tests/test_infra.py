@@ -32,16 +32,30 @@ CREDENTIAL_VARS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TO
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
+def constraint_pins() -> dict[str, str]:
+    """The exact versions scripts/setup.sh installs, by normalised package name."""
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            pins[re.sub(r"[-_.]+", "-", name.lower())] = version.strip()
+    return pins
+
+
 def ray_version() -> str:
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    (pin,) = [d for d in deps if re.match(r"ray(\[.*\])?==", d)]
-    return pin.split("==")[1]
+    return constraint_pins()["ray"]
 
 
 def runtime_requirements() -> list[str]:
-    """What a job needs on the stock Ray image: pyproject's dependencies less Ray itself."""
+    """What a job needs on the stock Ray image: pyproject's dependencies less Ray itself, each at
+    the version constraints.txt pins, so a cluster runs what CI tested."""
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    return [d.replace(" ", "") for d in deps if not re.match(r"ray(\[.*\])?[=<>!~]", d)]
+    pins, want = constraint_pins(), []
+    for dep in deps:
+        name, extras = re.match(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?", dep).groups()
+        if name != "ray":
+            want.append(f"{name}{extras or ''}=={pins[re.sub(r'[-_.]+', '-', name.lower())]}")
+    return want
 
 
 def load_manifests() -> list[tuple[str, dict]]:
@@ -252,7 +266,9 @@ def test_runtime_envs():
     want = runtime_requirements()
     for where, env in runtime_envs():
         RuntimeEnv(**env)  # Ray's own checks: field types, remote URIs of a supported archive kind
-        assert env["pip"] == want, f"{where}: pip list differs from pyproject.toml's dependencies less Ray"
+        assert env["pip"] == want, (
+            f"{where}: pip list differs from pyproject.toml's dependencies (less Ray) at constraints.txt's versions"
+        )
         if where != "runtime-env.yaml":  # the CLI's --working-dir . uploads the checkout instead
             assert re.fullmatch(r"s3://BUCKET/\S+\.zip", env.get("working_dir", "")), f"{where}: working_dir"
 
