@@ -10,7 +10,7 @@ each mean, batch-norm statistics re-measured as ``rayhash.train.averaging`` does
 weights after rounds 60, 100 and the last. Averaging never changes the training trajectory, so
 one run answers for every window. Building a model each round draws from torch's global
 generator, so the augmentations (and the run's figures) differ from a run without this script.
-Prints one JSON line; the rows P17-swa-windows-* in benchmarks/results/fmnist_recipe_pilots.json
+Prints one JSON line; the rows swa-windows-* in benchmarks/results/fmnist_recipe_pilots.json
 came from it.
 """
 
