@@ -42,6 +42,16 @@ def input_spec(cfg: ModelConfig) -> InputSpec:
     return InputSpec(cfg.image_size or spec.image_size, channels, tuple(mean), tuple(std))
 
 
+@dataclass(frozen=True)
+class HashOutput:
+    """A batch through the model: codes ``h``, and where asked the backbone's pooled features
+    (what the head sees) and its last spatial feature map."""
+
+    h: torch.Tensor  # (B, bits) in (-1, 1)
+    features: torch.Tensor | None = None  # (B, feature_dim)
+    feature_map: torch.Tensor | None = None  # (B, C, H, W)
+
+
 class HashModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -51,6 +61,7 @@ class HashModel(nn.Module):
         self.backbone, feature_dim = create_backbone(
             cfg.backbone, in_channels=self.input.channels, pretrained=cfg.pretrained
         )
+        self.feature_dim = feature_dim
         if cfg.head_hidden:
             self.head = nn.Sequential(
                 nn.Linear(feature_dim, cfg.head_hidden),
