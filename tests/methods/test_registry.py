@@ -84,7 +84,7 @@ class Toy(HashingMethod):
 
 
 @dataclass(frozen=True)
-class FeaturesOnlyConfig(MethodConfig):
+class FeaturesOnlyConfig(ToyConfig):
     name: str = "toy_features"
 
 
@@ -144,7 +144,9 @@ def test_a_key_of_another_method_names_this_methods_keys(toys):
     msg = str(e.value)
     assert "'method.lam' with method.name=toy (a key of method.name=dsch)" in msg
     assert msg.endswith("Allowed keys here: ablation, name, width.")
-    with pytest.raises(ConfigError, match=r"'method.width' with method.name=dsch \(a key of method.name=toy\)"):
+    with pytest.raises(
+        ConfigError, match=r"'method.width' with method.name=dsch \(a key of method.name=toy or toy_features\)"
+    ):
         load(TrainConfig, None, ["--method.width=4"])  # no name: the default method, DSCH
     with pytest.raises(ConfigError, match=r"'method.nosuch' with method.name=toy\. Allowed keys here: ablation"):
         load(TrainConfig, None, ["--method.name=toy", "--method.nosuch=1"])
