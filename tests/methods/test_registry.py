@@ -241,3 +241,13 @@ def test_a_methods_module_is_averaged_across_ranks_by_ddp():
     assert torch.equal(ranks[0]["initial"], ranks[1]["initial"])
     assert not torch.equal(ranks[0]["head"], ranks[0]["initial"])
     assert [r["shapes"]["codes"] for r in ranks] == [(128, 16), (128, 16)]  # each rank its shard
+
+
+def test_a_methods_sample_order_sets_the_batches():
+    from rayhash.train.loop import _batches
+
+    order = torch.tensor([3, 3, 0, 7, 1, 1, 5, 2, 9])  # repeats allowed, e.g. drawn uniformly over clusters
+    g = torch.Generator().manual_seed(0)
+    assert _batches(10, 4, 2, None, g, order) == [[3, 3, 0, 7], [1, 1, 5, 2]]
+    partners = torch.arange(10).flip(0)
+    assert _batches(10, 4, 2, partners, g, order) == [[3, 3, 6, 6], [0, 7, 9, 2]]
