@@ -236,7 +236,7 @@ def clustering(codes, method, threads: int, seed: int, iterations: int = 20) -> 
     import torch
     from threadpoolctl import threadpool_limits
 
-    from rayhash.methods import build_method
+    from rayhash.methods import ShardInputs, build_method
 
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
@@ -245,7 +245,7 @@ def clustering(codes, method, threads: int, seed: int, iterations: int = 20) -> 
         out["kmeans"] = kmeans_rows(codes, method.fine_components, iterations, seed)
         out["gmm"] = gmm_rows(codes, method, iterations // 2, seed)
         dsch = build_method(method, codes.shape[1])
-        _, s = timed(lambda: dsch.e_step(codes.float(), round_index=method.warmup_rounds))
+        _, s = timed(lambda: dsch.e_step(ShardInputs(codes=codes.float()), round_index=method.warmup_rounds))
         out["dsch_e_step_seconds"] = round(s, 2)  # GMM + responsibilities + coarse k-means, as a round runs it
     return out
 

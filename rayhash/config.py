@@ -17,6 +17,10 @@ every unquoted scalar of a YAML file are read as the field's type:
 - ``Literal[...]``: exactly one of the listed values.
 - ``tuple[X, ...]`` / ``list[X]``: ``[a, b]`` or ``a,b``; ``[]`` or empty text is empty.
 - a section (a nested dataclass) is set key by key: ``--optim.lr=1e-3``.
+- a section whose dataclass depends on one of its keys (the ``method`` section: ``method.name``
+  picks the registered method's dataclass) is read as the dataclass that key names. Such a
+  section's class defines ``config_variants()``, returning the key and ``{value: dataclass}``
+  (each a subclass of it); when the key is absent, its default picks.
 - ``dict`` / ``Any`` (free-form options handed on, e.g. Serve's deployment options): YAML's rules.
 
 Values that are not text (quoted YAML strings, a checkpoint's saved config, Serve's arguments)
@@ -75,10 +79,12 @@ _NULLS = {"", "null", "none", "~"}
 _SCALARS = {int: "an integer (int)", float: "a number (float)", bool: "true or false (bool)", str: "a string (str)"}
 
 
-def _unknown_key(key: str, allowed: Sequence[str], where: str) -> ConfigError:
+def _unknown_key(key: str, allowed: Sequence[str], where: str, note: str = "") -> ConfigError:
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"unknown config key {(where + key)!r}.{hint} Allowed keys here: {', '.join(sorted(allowed))}.")
+    return ConfigError(
+        f"unknown config key {(where + key)!r}{note}.{hint} Allowed keys here: {', '.join(sorted(allowed))}."
+    )
 
 
 def _describe(tp: Any) -> str:
@@ -208,17 +214,46 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key {key!r}: unsupported annotation {tp}")
 
 
+def _variant(cls: type, data: Mapping[str, Any], prefix: str) -> tuple[type, str]:
+    """The dataclass a section with ``config_variants()`` is read as, and what to add to an
+    unknown key's message (which variant was read, and which others own the key)."""
+    key, variants = cls.config_variants()
+    if key in data:
+        value = _coerce(data[key], str, prefix + key)
+    else:
+        value = next(f.default for f in dataclasses.fields(cls) if f.name == key)
+    shown = f"{prefix}{key}={value}"
+    if value not in variants:
+        section = prefix.rstrip(".") or "section"
+        raise ConfigError(
+            f"config key {prefix + key!r}: no {section} named {value!r}; known: {', '.join(sorted(variants))}"
+        )
+    chosen = variants[value]
+    if not issubclass(chosen, cls):
+        raise ConfigError(f"config key {prefix + key!r}: {value!r} cannot be read as a {cls.__name__}")
+    return chosen, shown
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """Build ``cls`` from a plain mapping, refusing unknown keys and values of the wrong type."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"config {prefix.rstrip('.') or 'root'} must be a mapping, got {data!r}")
+    chosen = ""
+    if hasattr(cls, "config_variants"):
+        cls, chosen = _variant(cls, data, prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         name = str(key)
         if name not in fields:
-            raise _unknown_key(name, list(fields), prefix)
+            note = ""
+            if chosen:
+                key_of_variant, variants = cls.config_variants()
+                owners = sorted(v for v, c in variants.items() if name in {f.name for f in dataclasses.fields(c)})
+                owned = f" (a key of {prefix}{key_of_variant}={' or '.join(owners)})" if owners else ""
+                note = f" with {chosen}{owned}"
+            raise _unknown_key(name, list(fields), prefix, note)
         kwargs[name] = _coerce(value, hints[name], prefix + name)
     return cls(**kwargs)
 

@@ -34,6 +34,10 @@ SUBCOMMANDS = {
 }
 JOBS = {
     "train_dsch.py": (["--config", "configs/fmnist-dsch-64.yaml", "--optim.lrr=1e-3"], "'optim.lrr'"),
+    "train.py": (
+        ["--config", "configs/fmnist-dsch-64.yaml", "--method.name=dsch", "--method.num_clusters=50"],
+        "'method.num_clusters' with method.name=dsch",
+    ),
     "quickstart.py": (["--config", "configs/quickstart.yaml", "--train.run.roundz=1"], "'train.run.roundz'"),
     "encode.py": (["--config", "configs/encode-fmnist.yaml", f"--output={MISSING}", "--num_actorz=2"], "'num_actorz'"),
     "build_index.py": ([f"--codeset={MISSING}", f"--out={MISSING}", "--kindd=ivf"], "'kindd'"),
@@ -52,6 +56,10 @@ OTHERS = {
         f"cannot read config file '{MISSING}.yaml'",
     ),
     "not an override": (["-m", "rayhash", "index", "--nlist", "8"], "unrecognized arguments: --nlist 8"),
+    "unknown method": (
+        ["jobs/train.py", "--config", "configs/fmnist-dsch-64.yaml", "--method.name=nosuch"],
+        "config key 'method.name': no method named 'nosuch'; known: dsch",
+    ),
 }
 CASES = {
     **{f"rayhash {name}": (["-m", "rayhash", name, *args], want) for name, (args, want) in SUBCOMMANDS.items()},

@@ -1,17 +1,29 @@
-"""Hashing methods behind one interface, built by name."""
+"""Hashing methods behind one interface, registered by name and built by :func:`build_method`."""
 
 from __future__ import annotations
 
-from rayhash.methods.base import HashingMethod
-from rayhash.methods.dsch import DSCH, MethodConfig
+from rayhash.methods.base import HashingMethod, MethodConfig, ShardInputs, ViewBatch
+from rayhash.methods.dsch import DSCH, DSCHConfig
+from rayhash.methods.registry import (
+    MethodEntry,
+    build_method,
+    config_classes,
+    list_methods,
+    method_entry,
+    register_method,
+)
 
-METHODS: dict[str, type[HashingMethod]] = {"dsch": DSCH}
-
-
-def build_method(cfg: MethodConfig, nbits: int) -> HashingMethod:
-    if cfg.name not in METHODS:
-        raise ValueError(f"unknown method {cfg.name!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[cfg.name](cfg, nbits)
-
-
-__all__ = ["DSCH", "METHODS", "HashingMethod", "MethodConfig", "build_method"]
+__all__ = [
+    "DSCH",
+    "DSCHConfig",
+    "HashingMethod",
+    "MethodConfig",
+    "MethodEntry",
+    "ShardInputs",
+    "ViewBatch",
+    "build_method",
+    "config_classes",
+    "list_methods",
+    "method_entry",
+    "register_method",
+]

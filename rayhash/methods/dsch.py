@@ -21,13 +21,14 @@ import torch.nn.functional as F
 from rayhash import dist
 from rayhash.clustering import gmm
 from rayhash.methods import losses
-from rayhash.methods.base import HashingMethod
+from rayhash.methods.base import HashingMethod, MethodConfig, ShardInputs, ViewBatch
+from rayhash.methods.registry import register_method
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class MethodConfig:
+class DSCHConfig(MethodConfig):
     name: str = "dsch"
     ablation: bool = False  # S = I and lambda = 0: the paper's "baseline"
     fine_components: int = 1000  # m1
@@ -53,10 +54,11 @@ class MethodConfig:
 
 class DSCH(HashingMethod):
     name = "dsch"
+    code_kind = "binary"
+    e_step_inputs = ("codes",)
 
-    def __init__(self, cfg: MethodConfig, nbits: int):
-        self.cfg = cfg
-        self.nbits = nbits
+    def __init__(self, cfg: DSCHConfig, nbits: int, feature_dim: int = 0):
+        super().__init__(cfg, nbits, feature_dim)
         self.fine_resp: torch.Tensor | None = None  # P1 of this worker's shard, (n_local, m1)
         self.fine_centers: torch.Tensor | None = None  # mu1 = sign(GMM means), (m1, K)
         self.fine_log_prior: torch.Tensor | None = None  # log pi1
@@ -64,8 +66,8 @@ class DSCH(HashingMethod):
         self.coarse_centers: torch.Tensor | None = None  # mu2, (m2, K)
         self.gmm_state: gmm.GMMState | None = None
 
-    def e_step(self, codes: torch.Tensor, round_index: int) -> dict[str, float]:
-        cfg = self.cfg
+    def e_step(self, inputs: ShardInputs, round_index: int) -> dict[str, float]:
+        cfg, codes = self.cfg, inputs.codes
         if cfg.ablation or round_index < cfg.warmup_rounds:
             return {}
         n_total = int(dist.all_reduce_sum(torch.tensor([len(codes)], dtype=torch.float64)).item())
@@ -112,8 +114,8 @@ class DSCH(HashingMethod):
             np.where(km.cluster_centers_ > 0, 1.0, -1.0), dtype=torch.float32, device=device
         )
 
-    def loss(self, h_a: torch.Tensor, h_b: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg = self.cfg
+    def loss(self, batch: ViewBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, h_a, h_b, index = self.cfg, batch.h_a, batch.h_b, batch.index
         if cfg.ablation or self.fine_resp is None:
             weights = torch.eye(len(h_a), device=h_a.device, dtype=h_a.dtype)
             l_ic = losses.instance_correlation_loss(h_a, h_b, weights, cfg.tau_ic)
@@ -157,6 +159,9 @@ class DSCH(HashingMethod):
         if state:
             self.gmm_state = gmm.state_from_dict(state["gmm"])
             self.coarse_assign, self.coarse_centers = state["coarse_assign"], state["coarse_centers"]
+
+
+register_method("dsch", DSCHConfig, DSCH)
 
 
 def sample_partners(assign: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

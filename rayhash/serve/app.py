@@ -50,9 +50,8 @@ class ServeConfig:
     encode_images: bool = True  # False: no encoder deployment, /search/image answers 503
     nprobe: int | None = None  # ivf: lists probed per query (default: the index's own)
     threads: int = 1  # faiss OpenMP threads per search call (of a shard replica, or of a shard held by the ingress)
-    shards_in_ingress: bool = (
-        False  # True: each ingress replica holds every shard (IVF merged into one); no shard deployments
-    )
+    # True: each ingress replica holds every shard (IVF merged into one); no shard deployments
+    shards_in_ingress: bool = False
     max_k: int = 1000
     max_queries: int = 256  # codes per /search/codes or /search/packed request
     max_upload_bytes: int = 8 << 20

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rayhash.config import ConfigError
-from rayhash.methods.dsch import MethodConfig
+from rayhash.methods import DSCHConfig, MethodConfig
 from rayhash.models import ModelConfig
 
 
@@ -87,7 +87,8 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    # method.name picks a registered method (rayhash.methods); the section is read as its dataclass
+    method: MethodConfig = field(default_factory=DSCHConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

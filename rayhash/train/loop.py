@@ -6,12 +6,14 @@ plain process: the E-step's collectives become identities and checkpoints go str
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 import time
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from rayhash import dist
@@ -20,8 +22,9 @@ from rayhash.data.images import LabeledImages
 from rayhash.data.sources import load_source
 from rayhash.data.splits import Split, protocol_split, random_split
 from rayhash.data.transforms import TwoViewAugment, eval_batch_transform
-from rayhash.methods import HashingMethod, build_method
-from rayhash.models import HashModel, build_model, checkpoint
+from rayhash.methods import HashingMethod, ShardInputs, ViewBatch, build_method
+from rayhash.methods.base import CODES, FEATURE_MAPS, FEATURES
+from rayhash.models import HashModel, backbones_with_feature_maps, build_model, checkpoint
 from rayhash.train.averaging import WeightAverage
 from rayhash.train.config import DataConfig, OptimConfig, TrainConfig
 
@@ -52,10 +55,17 @@ class _TwoViews(Dataset):
 
 
 def _batches(
-    n: int, batch: int, steps: int, partners: torch.Tensor | None, generator: torch.Generator
+    n: int,
+    batch: int,
+    steps: int,
+    partners: torch.Tensor | None,
+    generator: torch.Generator,
+    order: torch.Tensor | None = None,
 ) -> list[list[int]]:
-    """``steps`` batches of shard positions: shuffled, or shuffled anchors each followed by its partner."""
-    order = torch.randperm(n, generator=generator)
+    """``steps`` batches of shard positions: shuffled (or in the method's ``order``), or such
+    anchors each followed by its partner."""
+    if order is None:
+        order = torch.randperm(n, generator=generator)
     if partners is None:
         return order[: steps * batch].view(steps, batch).tolist()
     half = batch // 2
@@ -79,6 +89,70 @@ def encode_shard(model: HashModel, images: np.ndarray, device: torch.device, bat
     out = [model(batch) for batch in eval_batches(model, images, device, batch_size)]
     model.train(was_training)
     return torch.cat(out)
+
+
+@torch.no_grad()
+def shard_inputs(
+    model: HashModel, images: np.ndarray, device: torch.device, needs: tuple[str, ...], batch_size: int = 512
+) -> ShardInputs:
+    """What a method's E-step declared (``needs``) for every image, in eval mode without augmentation."""
+    if tuple(needs) == (CODES,):
+        return ShardInputs(codes=encode_shard(model, images, device, batch_size))
+    was_training = model.training
+    model.eval()
+    outs = [
+        model.outputs(batch, features=FEATURES in needs, feature_map=FEATURE_MAPS in needs)
+        for batch in eval_batches(model, images, device, batch_size)
+    ]
+    model.train(was_training)
+    return ShardInputs(
+        codes=torch.cat([o.h for o in outs]) if CODES in needs else None,
+        features=torch.cat([o.features for o in outs]) if FEATURES in needs else None,
+        feature_maps=torch.cat([o.feature_map for o in outs]) if FEATURE_MAPS in needs else None,
+    )
+
+
+class TrainStep(nn.Module):
+    """The model and the method's own module as one module, whose forward is a batch's loss.
+
+    This is what DDP wraps: the method's parameters are used inside its forward, so their
+    gradients are averaged across workers like the model's.
+    """
+
+    def __init__(self, model: HashModel, method: HashingMethod):
+        super().__init__()
+        self.model = model
+        self.method_module = method.module  # registered as a submodule when there is one
+        self.method = method
+        self.features = FEATURES in method.loss_inputs
+        self.feature_map = FEATURE_MAPS in method.loss_inputs
+
+    def forward(self, views: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """``views``: both views stacked (all of view a, then all of view b)."""
+        n = len(index)
+        if not (self.features or self.feature_map):
+            h = self.model(views)
+            return self.method.loss(ViewBatch(h[:n], h[n:], index))
+        out = self.model.outputs(views, features=self.features, feature_map=self.feature_map)
+        f, m = out.features, out.feature_map
+        batch = ViewBatch(
+            out.h[:n],
+            out.h[n:],
+            index,
+            features_a=None if f is None else f[:n],
+            features_b=None if f is None else f[n:],
+            feature_maps_a=None if m is None else m[:n],
+            feature_maps_b=None if m is None else m[n:],
+        )
+        return self.method.loss(batch)
+
+
+def _check_backbone(cfg: TrainConfig, method: HashingMethod, model: HashModel) -> None:
+    if FEATURE_MAPS in (*method.e_step_inputs, *method.loss_inputs) and not model.has_feature_map:
+        raise ValueError(
+            f"method {cfg.method.name!r} needs the backbone's spatial feature maps and backbone "
+            f"{cfg.model.backbone!r} has none; backbones with one: {', '.join(backbones_with_feature_maps())}"
+        )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
@@ -105,8 +179,12 @@ def run_rounds(
     shard_positions = np.asarray(split.train)[rank::world]
     shard = data.images[shard_positions]
     model = build_model(cfg.model).to(device)
-    method: HashingMethod = build_method(cfg.method, cfg.model.bits)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    method: HashingMethod = build_method(cfg.method, cfg.model.bits, model.feature_dim)
+    _check_backbone(cfg, method, model)
+    if method.module is not None:
+        method.module.to(device)
+    params = itertools.chain(model.parameters(), method.module.parameters() if method.module is not None else ())
+    optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     local_batch = max(2, cfg.optim.batch_size // world)
     # Every rank runs the same number of steps, or DDP's all-reduce would wait forever.
     steps = (len(split.train) // world) // local_batch
@@ -131,6 +209,8 @@ def run_rounds(
         optimizer.load_state_dict(resume.optimizer["adam"])
         scheduler.load_state_dict(resume.optimizer["schedule"])
         method.load_state_dict(resume.em)
+        if method.module is not None:
+            method.module.load_state_dict(resume.method_module)
         if "torch_rng" in resume.optimizer:
             # The augmentations (and loader workers' seeds) draw from torch's global generator: with
             # its state back, a resumed run draws what the uninterrupted run would have drawn.
@@ -138,7 +218,8 @@ def run_rounds(
         start_round = int(resume.progress["round"]) + 1
         resumes = [*resume.progress.get("resumes", []), start_round]
         logger.info("resuming from %s at round %d", resume.uri, start_round)
-    train_model = wrap_model(model)  # DDP under Ray Train; the bare model for E-step encoding
+    # DDP under Ray Train; the bare model encodes for the E-step.
+    train_step = wrap_model(TrainStep(model, method))
 
     spec = model.input
     a = cfg.augment
@@ -158,26 +239,27 @@ def run_rounds(
 
     for round_index in range(start_round, cfg.run.rounds):
         t0 = time.perf_counter()
-        e_stats = method.e_step(encode_shard(model, shard, device), round_index)
+        e_stats = method.e_step(shard_inputs(model, shard, device, method.e_step_inputs), round_index)
         e_seconds = time.perf_counter() - t0
 
         generator = torch.Generator().manual_seed(cfg.run.seed * 100_003 + round_index * 101 + rank)
         # Loader workers seed their augmentations from torch's global generator (seeded above), so
         # a run repeats for a given worker count; fork hands them the shard without pickling it.
         workers = cfg.run.loader_workers
+        partners = method.partners(generator)  # drawn before the order, as the generator's sequence has it
+        order = method.sample_order(len(shard), generator)
         loader = DataLoader(
             _TwoViews(shard, augment),
-            batch_sampler=_batches(len(shard), local_batch, steps, method.partners(generator), generator),
+            batch_sampler=_batches(len(shard), local_batch, steps, partners, generator, order),
             num_workers=workers,
             pin_memory=workers > 0 and device.type == "cuda",
             multiprocessing_context="fork" if workers else None,
         )
-        train_model.train()
+        train_step.train()
         sums: dict[str, float] = {}
         t1 = time.perf_counter()
         for view_a, view_b, index in loader:
-            h = train_model(torch.cat([view_a, view_b]).to(device))
-            loss, parts = method.loss(h[: len(index)], h[len(index) :], index)
+            loss, parts = train_step(torch.cat([view_a, view_b]).to(device), index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -211,6 +293,7 @@ def run_rounds(
                 config=to_dict(cfg),
                 model=served,
                 em=method.state_dict(),
+                method_module=method.module.state_dict() if method.module is not None else {},
                 averaging=averaging,
                 optimizer={
                     "adam": optimizer.state_dict(),

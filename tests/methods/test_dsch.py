@@ -3,11 +3,11 @@
 import torch
 
 from rayhash import dist
-from rayhash.methods import MethodConfig, build_method, losses
+from rayhash.methods import DSCHConfig, ShardInputs, ViewBatch, build_method, losses
 from rayhash.methods.dsch import sample_partners
 from rayhash.train.loop import _batches
 
-CFG = MethodConfig(fine_components=12, coarse_components=3, covariance_type="diag", warmup_rounds=0, seed=0)
+CFG = DSCHConfig(fine_components=12, coarse_components=3, covariance_type="diag", warmup_rounds=0, seed=0)
 
 
 def _blob_codes(n=240, bits=16, seed=0):
@@ -21,7 +21,7 @@ def _blob_codes(n=240, bits=16, seed=0):
 def test_e_step_finds_components_and_loss_has_all_terms():
     codes, labels = _blob_codes()
     method = build_method(CFG, 16)
-    stats = method.e_step(codes, round_index=0)
+    stats = method.e_step(ShardInputs(codes=codes), round_index=0)
     assert stats["fine_components"] == 12
     assert method.fine_resp.shape == (240, 12)
     assert torch.allclose(method.fine_resp.norm(dim=1), torch.ones(240), atol=1e-5)  # rows L2-normalised
@@ -32,29 +32,29 @@ def test_e_step_finds_components_and_loss_has_all_terms():
     same = labels[:, None] == labels[None, :]
     assert s[same].mean() > 5 * s[~same].mean()
     idx = torch.arange(32)
-    loss, parts = method.loss(codes[idx], codes[idx].flip(1), idx)
+    loss, parts = method.loss(ViewBatch(codes[idx], codes[idx].flip(1), idx))
     assert set(parts) == {"ic", "fine", "coarse"} and torch.isfinite(loss)
     assert abs(float(loss) - (parts["ic"] + 0.1 * (parts["fine"] + parts["coarse"]))) < 1e-4
 
 
 def test_ablation_is_plain_ntxent():
     codes, _ = _blob_codes()
-    method = build_method(MethodConfig(ablation=True), 16)
-    assert method.e_step(codes, 0) == {}
+    method = build_method(DSCHConfig(ablation=True), 16)
+    assert method.e_step(ShardInputs(codes=codes), 0) == {}
     h_a, h_b, idx = codes[:20], codes[20:40], torch.arange(20)
-    loss, parts = method.loss(h_a, h_b, idx)
+    loss, parts = method.loss(ViewBatch(h_a, h_b, idx))
     assert torch.allclose(loss, losses.instance_correlation_loss(h_a, h_b, torch.eye(20), 0.3))
     assert set(parts) == {"ic"}
 
 
 def test_warmup_rounds_skip_the_e_step():
-    method = build_method(MethodConfig(warmup_rounds=2), 16)
-    assert method.e_step(_blob_codes()[0], 1) == {} and method.fine_resp is None
+    method = build_method(DSCHConfig(warmup_rounds=2), 16)
+    assert method.e_step(ShardInputs(codes=_blob_codes()[0]), 1) == {} and method.fine_resp is None
 
 
 def test_state_dict_round_trip(tmp_path):
     method = build_method(CFG, 16)
-    method.e_step(_blob_codes()[0], 0)
+    method.e_step(ShardInputs(codes=_blob_codes()[0]), 0)
     torch.save(method.state_dict(), tmp_path / "em.pt")
     other = build_method(CFG, 16)
     other.load_state_dict(torch.load(tmp_path / "em.pt", weights_only=True))
@@ -66,7 +66,7 @@ def _rank_e_step(codes: torch.Tensor, cut: int):
     """Each rank holds a slice of the codes; returns its responsibilities and the global components."""
     shard = codes[:cut] if dist.rank() == 0 else codes[cut:]
     method = build_method(CFG, 16)
-    method.e_step(shard, 0)
+    method.e_step(ShardInputs(codes=shard), 0)
     return {
         "resp": method.fine_resp,
         "centers": method.fine_centers,
@@ -107,7 +107,7 @@ def test_partner_batches_put_co_members_together():
     codes, labels = _blob_codes()
     method = build_method(CFG, 16)
     assert method.partners(torch.Generator()) is None  # no components yet: plain shuffled batches
-    method.e_step(codes, 0)
+    method.e_step(ShardInputs(codes=codes), 0)
     g = torch.Generator().manual_seed(1)
     batches = torch.tensor(_batches(240, 16, 15, method.partners(g), g))
     assert batches.shape == (15, 16)
@@ -116,8 +116,8 @@ def test_partner_batches_put_co_members_together():
     assign = method.fine_resp.argmax(dim=1)
     assert bool((assign[anchors] == assign[partners]).all())
     assert float((labels[anchors] == labels[partners]).float().mean()) > 0.9  # blobs' components are pure
-    off = build_method(MethodConfig(**{**CFG.__dict__, "partner_sampling": False}), 16)
-    off.e_step(codes, 0)
+    off = build_method(DSCHConfig(**{**CFG.__dict__, "partner_sampling": False}), 16)
+    off.e_step(ShardInputs(codes=codes), 0)
     assert off.partners(g) is None
     plain = torch.tensor(_batches(240, 16, 15, None, g))
     assert len(plain.flatten().unique()) == 240

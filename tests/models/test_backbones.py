@@ -68,3 +68,28 @@ def test_torchvision_weights_fail_clearly_offline(monkeypatch, tmp_path):
     # (with a network the weights load, and that is fine too)
     model = build_model(ModelConfig(backbone="resnet50", pretrained=False, bits=16))
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 16)
+
+
+@pytest.mark.parametrize(
+    "backbone, fmap",
+    [("small_cnn", (128, 7, 7)), ("tiny_cnn", (64, 7, 7)), ("tiny_cnn_wide", (128, 7, 7)), ("mlp", None)],
+)
+def test_outputs_give_features_and_the_last_feature_map_beside_the_codes(backbone, fmap):
+    from rayhash.models import backbone_spec
+
+    model = build_model(ModelConfig(backbone=backbone, bits=16)).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        out = model.outputs(x, features=True)
+        assert torch.equal(out.h, model(x)) and out.feature_map is None
+        assert out.features.shape == (3, model.feature_dim)
+        assert model.has_feature_map == backbone_spec(backbone).has_feature_map == (fmap is not None)
+        if fmap is None:
+            with pytest.raises(
+                ValueError, match=r"backbone 'mlp' gives no spatial feature map; backbones that do: .*tiny_cnn"
+            ):
+                model.outputs(x, feature_map=True)
+            return
+        with_map = model.outputs(x, features=True, feature_map=True)
+        assert with_map.feature_map.shape == (3, *fmap)
+        assert torch.equal(with_map.h, out.h) and torch.equal(with_map.features, out.features)
