@@ -116,16 +116,11 @@ def cmd_quickstart(ns: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_index(ns: argparse.Namespace, overrides: list[str]) -> int:
     import json
 
-    from rayhash.config import ConfigError, load
+    from rayhash.config import load
     from rayhash.index import IndexBuildConfig, build_from_config
 
     cfg = load(IndexBuildConfig, ns.config, overrides)
-    if not cfg.codeset or not cfg.out:
-        raise ConfigError(
-            "set both codeset (the code-set directory) and out (where to write the index set), "
-            "e.g. --codeset=runs/codes --out=runs/index"
-        )
-    m = build_from_config(cfg)
+    m = build_from_config(cfg)  # a missing codeset or out is a ConfigError before any work
     print(
         json.dumps(
             {

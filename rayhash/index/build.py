@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 
 from rayhash.codespec.binary import check_nbits
+from rayhash.config import ConfigError
 from rayhash.encode import codeset
 from rayhash.index import indexset
 
@@ -177,7 +178,10 @@ def _build(codeset_uri: str, out_uri: str, **options) -> indexset.IndexSetManife
 
 def build_from_config(cfg: IndexBuildConfig) -> indexset.IndexSetManifest:
     if not cfg.codeset or not cfg.out:
-        raise ValueError("set both codeset (the code-set directory) and out (where to write the index set)")
+        raise ConfigError(
+            "set both codeset (the code-set directory) and out (where to write the index set), "
+            "e.g. --codeset=runs/codes --out=runs/index"
+        )
     return build_index_set(
         cfg.codeset,
         cfg.out,
