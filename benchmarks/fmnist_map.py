@@ -1,9 +1,10 @@
-"""Fashion-MNIST protocol (shared/PROTOCOL.md): DSCH, its ablation, ITQ and LSH at 16/32/64 bits.
+"""Fashion-MNIST protocol (shared/PROTOCOL.md): DSCH, DCUH, PSCH, their ablations, ITQ and LSH at 16/32/64 bits.
 
     python benchmarks/fmnist_map.py --bits 16 32 64 --seeds 0 1 2 --methods dsch dsch-ablation itq lsh
 
 Each (method, bits, seed) trains through the real Ray trainer (local cluster) and is scored by the
-same harness as ``rayhash eval``. Rows are merged into benchmarks/results/fmnist_map.json as
+same harness as ``rayhash eval``, from configs/fmnist-<method>-<bits>.yaml (an ablation uses its
+method's config with ``method.ablation=true``). Rows are merged into benchmarks/results/fmnist_map.json as
 they finish, so a long sweep can be stopped and resumed; extra ``--section.key=value`` arguments
 override the config of the deep methods (recorded in each row). ``--data.protocol=fmnist-all``
 trains on the whole 69,000-image database without labels (PROTOCOL.md's clearly labelled second
@@ -42,7 +43,9 @@ def run_deep(method: str, bits: int, seed: int, overrides: list[str], storage: s
     from rayhash.train.loop import load_split
     from rayhash.train.trainer import run_training
 
-    config = os.path.join(os.path.dirname(__file__), "..", "configs", f"fmnist-dsch-{bits}.yaml")
+    config = os.path.join(
+        os.path.dirname(__file__), "..", "configs", f"fmnist-{method.removesuffix('-ablation')}-{bits}.yaml"
+    )
     name = f"bench-{method}-{bits}-s{seed}-{int(time.time())}"
     cfg = load(
         TrainConfig,

@@ -1,11 +1,11 @@
-"""Asked: does a change to the DSCH recipe (a config override) raise mAP@1000 on Fashion-MNIST?
+"""Asked: does a change to a recipe (a config override) raise mAP@1000 on Fashion-MNIST?
 
     EVERY=10 python benchmarks/experiments/recipe_pilot.py M1-mlp-abl --model.backbone=mlp \\
         --method.ablation=true --optim.batch_size=64 --optim.lr=0.001 --run.rounds=30
 
 Trains in one process through ``rayhash.train.loop.run_rounds`` and prints one JSON line with
-mAP@1000 on the protocol every ``EVERY`` rounds. Arguments: a label, then overrides of
-configs/fmnist-dsch-64.yaml. ``FLOAT=1`` adds the cosine mAP of the continuous codes, ``FEAT=1``
+mAP@1000 on the protocol every ``EVERY`` rounds. Arguments: a label, ``--config`` (default
+configs/fmnist-dsch-64.yaml), then overrides of it. ``FLOAT=1`` adds the cosine mAP of the continuous codes, ``FEAT=1``
 that of the backbone's features (before the hash head). Its rows, each with the commit it ran
 on: benchmarks/results/fmnist_recipe_pilots.json.
 """
@@ -30,10 +30,11 @@ CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "c
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("label", help="the run's name in the printed JSON")
+    parser.add_argument("--config", default=CONFIG, help="the recipe the overrides change")
     args, overrides = parser.parse_known_args()
     label = args.label
     every = int(os.environ.get("EVERY", "3"))
-    cfg = load(TrainConfig, CONFIG, overrides)
+    cfg = load(TrainConfig, args.config, overrides)
     data, split = load_split(cfg.data)
     images = data.images[query_then_database(split)]
     t0 = time.perf_counter()

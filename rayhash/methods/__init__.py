@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from rayhash.methods.base import HashingMethod, MethodConfig, ShardInputs, ViewBatch
+from rayhash.methods.dcuh import DCUH, DCUHConfig
 from rayhash.methods.dsch import DSCH, DSCHConfig
+from rayhash.methods.psch import PSCH, PSCHConfig
 from rayhash.methods.registry import (
     MethodEntry,
     build_method,
@@ -14,6 +16,10 @@ from rayhash.methods.registry import (
 )
 
 __all__ = [
+    "DCUH",
+    "DCUHConfig",
+    "PSCH",
+    "PSCHConfig",
     "DSCH",
     "DSCHConfig",
     "HashingMethod",

@@ -23,6 +23,7 @@ from rayhash.clustering import gmm
 from rayhash.methods import losses
 from rayhash.methods.base import HashingMethod, MethodConfig, ShardInputs, ViewBatch
 from rayhash.methods.registry import register_method
+from rayhash.methods.sampling import sample_partners
 
 logger = logging.getLogger(__name__)
 
@@ -162,19 +163,3 @@ class DSCH(HashingMethod):
 
 
 register_method("dsch", DSCHConfig, DSCH)
-
-
-def sample_partners(assign: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """For each item, another item of its component drawn uniformly (itself when it is alone)."""
-    order = torch.argsort(assign, stable=True)
-    counts = torch.bincount(assign)
-    starts = torch.cumsum(counts, 0) - counts
-    comp = assign[order]
-    size = counts[comp]
-    # Draw among the other size-1 members: offset in [0, size-1), skipping the item's own slot.
-    rank_in = torch.arange(len(order)) - starts[comp]
-    offset = (torch.rand(len(order), generator=generator) * (size - 1).clamp_min(1)).long()
-    offset = torch.where(size > 1, offset + (offset >= rank_in).long(), rank_in)
-    out = torch.empty_like(assign)
-    out[order] = order[starts[comp] + offset]
-    return out

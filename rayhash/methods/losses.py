@@ -1,4 +1,5 @@
-"""Hashing losses as pure functions of tensors (DSCH's three terms; see shared/methods/DSCH.md).
+"""Hashing losses as pure functions of tensors: DSCH's three terms, DCUH's local-structure term and
+PSCH's soft pairwise term (the method pages in docs/methods.md say which are reconstructions).
 
 No state, no collectives: a method computes the weights and components, these score a batch.
 """
@@ -49,3 +50,45 @@ def component_loss(
 def quantization_loss(h: torch.Tensor) -> torch.Tensor:
     """Mean squared gap between ``h`` and its signs: keeps codes near the corners they binarise to."""
     return (h.abs() - 1.0).pow(2).mean()
+
+
+def ntxent_loss(h_a: torch.Tensor, h_b: torch.Tensor, tau: float) -> torch.Tensor:
+    """Instance invariance: each view's positive is the other view of the same image (NT-Xent)."""
+    return instance_correlation_loss(h_a, h_b, torch.eye(len(h_a), device=h_a.device, dtype=h_a.dtype), tau)
+
+
+def supervised_contrastive_loss(h: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
+    """Supervised contrast over pseudo labels (Khosla et al. 2020, ``L_out``): DCUH's local term.
+
+    ``h``: (n, K) codes, ``labels``: (n,) ints. Anchor i's positives are the other rows of its
+    label; its loss is the mean of ``-log softmax`` over them against every other row. Anchors
+    with no positive are left out.
+    """
+    z = F.normalize(h, dim=1)
+    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    logits = (z @ z.T / tau).masked_fill(self_mask, float("-inf"))
+    log_prob = F.log_softmax(logits, dim=1).masked_fill(self_mask, 0.0)
+    positive = (labels[:, None] == labels[None, :]) & ~self_mask
+    n_pos = positive.sum(dim=1)
+    has = n_pos > 0
+    per_anchor = -(log_prob * positive).sum(dim=1)[has] / n_pos[has]
+    return per_anchor.mean() if bool(has.any()) else h.sum() * 0.0
+
+
+def soft_pair_loss(h: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PSCH's pairwise term: code similarity against soft targets over the pairs ``mask`` keeps.
+
+    The similarity of codes i, j is ``h_i . h_j / K`` clamped to [0, 1]: a negative pair is met
+    once its codes are orthogonal (half the bits differ), which is as far apart as many
+    clusters in K bits can all be. The squared error is averaged over positive pairs
+    (target > 0) and negative pairs separately and the two halves summed, so the many
+    negatives of a batch do not drown its few positives. The diagonal is never counted.
+    """
+    sim = (h @ h.T / h.shape[1]).clamp(0.0, 1.0)
+    keep = mask & ~torch.eye(len(h), dtype=torch.bool, device=h.device)
+    err = (sim - targets) ** 2
+    total = h.sum() * 0.0
+    for part in (keep & (targets > 0), keep & (targets <= 0)):
+        if bool(part.any()):
+            total = total + err[part].mean()
+    return total

@@ -4,7 +4,7 @@ import torch
 
 from rayhash import dist
 from rayhash.methods import DSCHConfig, ShardInputs, ViewBatch, build_method, losses
-from rayhash.methods.dsch import sample_partners
+from rayhash.methods.sampling import sample_partners
 from rayhash.train.loop import _batches
 
 CFG = DSCHConfig(fine_components=12, coarse_components=3, covariance_type="diag", warmup_rounds=0, seed=0)
