@@ -4,7 +4,6 @@ import torch
 
 from rayhash import dist
 from rayhash.methods import DSCHConfig, ShardInputs, ViewBatch, build_method, losses
-from rayhash.methods.sampling import sample_partners
 from rayhash.train.loop import _batches
 
 CFG = DSCHConfig(fine_components=12, coarse_components=3, covariance_type="diag", warmup_rounds=0, seed=0)
@@ -87,20 +86,6 @@ def test_two_gloo_ranks_equal_one_process():
         assert torch.equal(r["centers"], single["centers"])
         assert torch.allclose(r["prior"], single["prior"], atol=1e-5)
         assert torch.equal(r["coarse"], single["coarse"])
-
-
-def test_partners_share_a_component_and_are_spread_over_it():
-    assign = torch.tensor([0, 1, 0, 2, 1, 0, 3, 0])
-    g = torch.Generator().manual_seed(0)
-    draws = torch.stack([sample_partners(assign, g) for _ in range(400)])
-    assert bool((assign[draws] == assign).all())
-    alone = torch.bincount(assign)[assign] == 1
-    assert bool((draws[:, alone] == torch.arange(8)[alone]).all())  # a lone item pairs with itself
-    assert not bool((draws[:, ~alone] == torch.arange(8)[~alone]).any())  # everyone else never does
-    # Brute force: item 0's partners are the other members of component 0, about equally often.
-    counts = torch.bincount(draws[:, 0], minlength=8)
-    assert set(counts.nonzero().flatten().tolist()) == {2, 5, 7}
-    assert int(counts[[2, 5, 7]].min()) > 100
 
 
 def test_partner_batches_put_co_members_together():
