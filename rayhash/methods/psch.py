@@ -12,7 +12,12 @@ everything below those statements is rayhash's reconstruction (docs/methods.md):
 - Part descriptors from each view's last feature map F (C x H x W), detached: C split into G
   groups, ``A_g = softmax_hw(sum_c F_g)``, ``p_g = sum_hw A_g * F_g``;
   ``s_ij = mean_g cos(p_g(i), p_g(j))``, clamped to [0, 1].
-- Pair targets per batch, over both views: the same image -> 1; the same pseudo label -> s_ij;
+- Graded similarity: post-ReLU maps give every pair a high cosine, so ``s_ij`` is read relative
+  to the batch's pairs of different pseudo labels (mean ``b``):
+  ``g_ij = floor + (1 - floor) * clamp((s_ij - b) / (1 - b), 0, 1)``. A same-label pair stays a
+  positive (at least ``target_floor``), graded up by how much more alike its parts are than
+  two images of different pseudo classes.
+- Pair targets per batch, over both views: the same image -> 1; the same pseudo label -> g_ij;
   different labels -> 0; a pair with an unlabelled member is left out. No n x n matrix over
   the training set is ever built.
 - Loss: ``lambda_pair * soft_pair_loss + lambda_inv * NTXent(h_a, h_b) + lambda_q * quantisation``.
@@ -44,7 +49,8 @@ class PSCHConfig(MethodConfig):
     alpha: float = 1.0  # keep a label within mu_c + alpha * sigma_c of the centre
     pca_dims: int = 0  # PCA-whiten features before k-means; 0 = off
     kmeans_iters: int = 20
-    groups: int = 4  # G channel groups of the feature map, one attention map each
+    groups: int = 8  # G channel groups of the feature map, one attention map each
+    target_floor: float = 0.5  # the lowest target of a same-label pair; its graded similarity fills the rest
     lambda_pair: float = 1.0
     lambda_inv: float = 1.0
     lambda_q: float = 0.01  # quantisation: keeps codes near the corners they binarise to
@@ -70,6 +76,18 @@ def multipart_similarity(parts: torch.Tensor) -> torch.Tensor:
     non-negative cosines already; the clamp only matters for maps that can go negative)."""
     z = F.normalize(parts, dim=-1).transpose(0, 1)  # (G, B, D)
     return (z @ z.transpose(1, 2)).mean(dim=0).clamp(0.0, 1.0)
+
+
+def graded_similarity(similarity: torch.Tensor, labels: torch.Tensor, floor: float) -> torch.Tensor:
+    """``floor + (1 - floor) * clamp((s - b) / (1 - b), 0, 1)``, ``b`` the mean similarity of the
+    batch's pairs with different pseudo labels (of all pairs of different rows when it has none)."""
+    labelled = labels != UNLABELLED
+    different = labelled[:, None] & labelled[None, :] & (labels[:, None] != labels[None, :])
+    if not bool(different.any()):
+        different = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    base = similarity[different].mean() if bool(different.any()) else similarity.new_tensor(0.0)
+    relative = ((similarity - base) / (1.0 - base).clamp_min(1e-6)).clamp(0.0, 1.0)
+    return floor + (1.0 - floor) * relative
 
 
 def pair_targets(
@@ -128,7 +146,9 @@ class PSCH(HashingMethod):
         similarity = None
         if not cfg.ablation:
             maps = torch.cat([batch.feature_maps_a, batch.feature_maps_b]).detach()
-            similarity = multipart_similarity(part_descriptors(maps, cfg.groups))
+            similarity = graded_similarity(
+                multipart_similarity(part_descriptors(maps, cfg.groups)), labels, cfg.target_floor
+            )
         targets, mask = pair_targets(labels, items, similarity)
         l_pair = losses.soft_pair_loss(h, targets, mask)
         total = cfg.lambda_pair * l_pair + cfg.lambda_inv * l_inv + cfg.lambda_q * l_q

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from rayhash import dist
 from rayhash.methods import PSCHConfig, ShardInputs, ViewBatch, build_method, losses
-from rayhash.methods.psch import multipart_similarity, pair_targets, part_descriptors
+from rayhash.methods.psch import graded_similarity, multipart_similarity, pair_targets, part_descriptors
 from rayhash.methods.pseudo_labels import UNLABELLED
 
 CFG = PSCHConfig(clusters=4, alpha=0.5, groups=2, warmup_rounds=0, seed=0)
@@ -135,7 +135,15 @@ def _batch(method, n=12, seed=1, positive=False):
 
 def test_loss_is_its_terms_by_hand():
     cfg = PSCHConfig(
-        clusters=4, alpha=0.5, groups=4, warmup_rounds=0, lambda_pair=0.8, lambda_inv=1.4, lambda_q=0.05, tau=0.4
+        clusters=4,
+        alpha=0.5,
+        groups=4,
+        target_floor=0.3,
+        warmup_rounds=0,
+        lambda_pair=0.8,
+        lambda_inv=1.4,
+        lambda_q=0.05,
+        tau=0.4,
     )
     method, _ = _fitted(cfg)
     batch, labels = _batch(method)
@@ -147,6 +155,15 @@ def test_loss_is_its_terms_by_hand():
     h = torch.cat([batch.h_a, batch.h_b])
     rows, items = labels.repeat(2), batch.index.repeat(2)
     s = _loop_similarity(_loop_parts(torch.cat([batch.feature_maps_a, batch.feature_maps_b]), 4))
+    # Graded against the mean similarity of the pairs with different pseudo labels.
+    others = [
+        float(s[i, j])
+        for i in range(24)
+        for j in range(24)
+        if UNLABELLED not in (rows[i], rows[j]) and rows[i] != rows[j]
+    ]
+    base = sum(others) / len(others)
+    s = 0.3 + 0.7 * ((s - base) / (1 - base)).clamp(0, 1)
     targets, mask = torch.zeros(24, 24, dtype=torch.float64), torch.zeros(24, 24, dtype=torch.bool)
     for i in range(24):
         for j in range(24):
@@ -247,3 +264,26 @@ def test_two_gloo_ranks_equal_one_process():
         torch.testing.assert_close(r["thresholds"], single["thresholds"], rtol=0, atol=1e-12)
         for key in ("kmeans_inertia", "labelled_share"):
             assert r[key] == pytest.approx(single[key], rel=1e-9)
+
+
+def test_graded_similarity_by_hand():
+    s = torch.tensor(
+        [
+            [1.0, 0.9, 0.6, 0.5],
+            [0.9, 1.0, 0.8, 0.7],
+            [0.6, 0.8, 1.0, 0.95],
+            [0.5, 0.7, 0.95, 1.0],
+        ]
+    )
+    labels = torch.tensor([0, 0, 1, UNLABELLED])
+    # Pairs of different pseudo labels: (0, 2) and (1, 2), both ways; the unlabelled row is not one.
+    base = (0.6 + 0.8) / 2
+    g = graded_similarity(s, labels, floor=0.5)
+    assert g[0, 1].item() == pytest.approx(0.5 + 0.5 * (0.9 - base) / (1 - base))
+    assert g[0, 2].item() == pytest.approx(0.5)  # below the base: the floor
+    assert g[1, 2].item() == pytest.approx(0.5 + 0.5 * (0.8 - base) / (1 - base))
+    assert g[2, 2].item() == pytest.approx(1.0)
+    # With a single pseudo label in the batch, the base is the mean over all pairs of different rows.
+    one = graded_similarity(s, torch.zeros(4, dtype=torch.long), floor=0.0)
+    base_all = float(s[~torch.eye(4, dtype=torch.bool)].mean())
+    assert one[0, 1].item() == pytest.approx((0.9 - base_all) / (1 - base_all))
