@@ -1,12 +1,14 @@
-"""Write the README's results tables from the committed results, and docs/configuration.md's key
-tables from the config dataclasses, between their markers.
+"""Write the README's results tables from the committed results, and the key tables of
+docs/configuration.md and docs/methods.md from the config dataclasses, between their markers.
 
-    python benchmarks/readme_tables.py           # rewrite the blocks in README.md and docs/configuration.md
+    python benchmarks/readme_tables.py           # rewrite the blocks in README.md and docs/*.md
     python benchmarks/readme_tables.py --check   # exit 1, naming each block, where a file disagrees
 
 A block is the text between ``<!-- results:NAME:start -->`` and ``<!-- results:NAME:end -->``
-(``config:NAME`` in docs/configuration.md). Everything outside the markers is left as written, so
-prose can sit around a table while its numbers always come from benchmarks/results/*.json.
+(``config:NAME`` for key tables). Everything outside the markers is left as written, so prose can
+sit around a table while its numbers always come from benchmarks/results/*.json. Each registered
+method's keys are the block ``config:train.method.NAME``; docs/configuration.md must hold every
+config block, so a method registered without its table there fails the check.
 """
 
 from __future__ import annotations
@@ -28,13 +30,22 @@ BITS = (16, 32, 64)
 # PROTOCOL.md's quality targets for DSCH's mean over seeds.
 TARGETS = {16: 0.72, 32: 0.77, 64: 0.80}
 HEADLINE_TRAIN_IMAGES = 5000  # PROTOCOL.md's training set; other sizes get a row of their own
+# Table order; every one of these gets a row, with "—" where the results hold none yet.
 METHOD_LABELS = {
     "itq": "ITQ on raw pixels",
     "lsh": "LSH on raw pixels",
     "dsch-ablation": "DSCH ablation (plain NT-Xent)",
     "dsch": "DSCH",
+    "dcuh-ablation": "DCUH ablation (invariance only)",
+    "dcuh": "DCUH",
+    "psch-ablation": "PSCH ablation (hard 0/1 targets)",
+    "psch": "PSCH",
 }
+# Methods held to being ahead of ITQ on raw pixels and of their own ablation at every length.
+AHEAD_OF_CONTROLS = ("dcuh", "psch")
 DASH = "—"
+FILES = ("README.md", "docs/configuration.md", "docs/methods.md")  # the files whose blocks are written
+EVERY_CONFIG_BLOCK = "docs/configuration.md"  # must hold every config block: every key of every stage
 MARKER = re.compile(r"(<!-- (results|config):([\w.-]+):start -->\n)(.*?)(<!-- \2:\3:end -->)", re.S)
 
 
@@ -57,7 +68,8 @@ def quality_runs(rows: list[dict]) -> tuple[list[str], dict[tuple[str, int], lis
     for r in rows:
         runs[(_method_label(r), int(r["bits"]))].append(float(r["map_at_1000"]))
     order = list(METHOD_LABELS.values())
-    labels = sorted({label for label, _ in runs}, key=lambda m: (order.index(m) if m in order else len(order), m))
+    shown = {label for label, _ in runs} | set(order)
+    labels = sorted(shown, key=lambda m: (order.index(m) if m in order else len(order), m))
     return labels, runs
 
 
@@ -83,7 +95,8 @@ def quality_table(rows: list[dict]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("| target (DSCH mean) | " + " | ".join(f"{TARGETS[b]:.2f}" for b in BITS) + " |")
     hardware = sorted({r["hardware"] for r in rows if r.get("hardware")})
-    lines += ["", quality_status(runs), "", "Measured on: " + ("; ".join(hardware) or DASH) + "."]
+    lines += ["", quality_status(runs), *[controls_status(runs, m) for m in AHEAD_OF_CONTROLS]]
+    lines += ["", "Measured on: " + ("; ".join(hardware) or DASH) + "."]
     return "\n".join(lines)
 
 
@@ -99,6 +112,32 @@ def quality_status(runs: dict[tuple[str, int], list[float]]) -> str:
         (met if m >= TARGETS[b] else short).append(f"{b} bits ({m:.3f} against {TARGETS[b]:.2f})")
     parts = ([f"meets its target at {_and(met)}"] if met else []) + ([f"falls short at {_and(short)}"] if short else [])
     return f"DSCH {', and '.join(parts)}."
+
+
+def controls_status(runs: dict[tuple[str, int], list[float]], method: str) -> str:
+    """One sentence: at which lengths ``method``'s mean is ahead of ITQ's and of its ablation's."""
+    label = METHOD_LABELS[method]
+    controls = {"ITQ": METHOD_LABELS["itq"], "its ablation": METHOD_LABELS[f"{method}-ablation"]}
+    ahead, behind, alone, empty = [], [], [], []
+    for b in BITS:
+        if not runs.get((label, b)):
+            empty.append(f"{b} bits")
+            continue
+        mean = statistics.mean(runs[(label, b)])
+        means = {name: statistics.mean(runs[(c, b)]) for name, c in controls.items() if runs.get((c, b))}
+        if len(means) < len(controls):
+            alone.append(f"{b} bits")
+        elif any(m >= mean for m in means.values()):
+            against = _and([f"{name} {m:.3f}" for name, m in means.items() if m >= mean])
+            behind.append(f"{b} bits ({mean:.3f} against {against})")
+        else:
+            ahead.append(f"{b} bits")
+    if len(empty) == len(BITS):
+        return f"{label} has no rows yet."
+    parts = [f"is ahead of ITQ and of its ablation at {_and(ahead)}"] if ahead else []
+    parts += [f"is not at {_and(behind)}"] if behind else []
+    parts += [f"has no control rows to compare with at {_and(alone)}"] if alone else []
+    return f"{label} {', and '.join(parts)}" + (f"; no rows at {_and(empty)}." if empty else ".")
 
 
 def _and(items: list[str]) -> str:
@@ -198,7 +237,17 @@ def _yaml(value) -> str:
 
 
 def _field_comments(cls: type) -> dict[str, str]:
-    """Each field's comment in the class source: the ``#`` lines just above it and the one after it."""
+    """Each field's comment in the class source: the ``#`` lines just above it and the one after it;
+    a field a subclass redefines without one keeps its base class's."""
+    comments = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            comments.update({k: v for k, v in _own_comments(base).items() if v})
+    comments.update({k: v for k, v in _own_comments(cls).items() if v or k not in comments})
+    return comments
+
+
+def _own_comments(cls: type) -> dict[str, str]:
     comments, pending = {}, []
     for line in inspect.getsource(cls).splitlines()[1:]:
         stripped = line.strip()
@@ -226,6 +275,11 @@ def config_table(cls: type, prefix: str = "") -> str:
     lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for f in dataclasses.fields(cls):
         default = _default(f)
+        if dataclasses.is_dataclass(default) and hasattr(default, "config_variants"):
+            key, variants = default.config_variants()
+            names = ", ".join(f"`{c.__name__}`" for _, c in sorted(variants.items()))
+            lines.append(f"| `{prefix}{f.name}` | section | | `{f.name}.{key}` picks its keys: {names}, below |")
+            continue
         if dataclasses.is_dataclass(default):
             lines.append(f"| `{prefix}{f.name}` | section | | `{type(default).__name__}`, below |")
             continue
@@ -247,7 +301,12 @@ def config_blocks() -> dict[str, Callable[[], str]]:
     blocks: dict[str, Callable[[], str]] = {"train": lambda: config_table(TrainConfig)}
     for f in dataclasses.fields(TrainConfig):
         section = _default(f)
-        if dataclasses.is_dataclass(section):
+        if dataclasses.is_dataclass(section) and hasattr(section, "config_variants"):
+            # one table per variant: the method section's keys are those of the method it names
+            _, variants = section.config_variants()
+            for name, cls in sorted(variants.items()):
+                blocks[f"train.{f.name}.{name}"] = functools.partial(config_table, cls, f"{f.name}.")
+        elif dataclasses.is_dataclass(section):
             blocks[f"train.{f.name}"] = functools.partial(config_table, type(section), f"{f.name}.")
     blocks["quickstart"] = lambda: config_table(QuickstartConfig)
     blocks["encode"] = lambda: config_table(EncodeConfig)
@@ -289,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     makers = {"results": lambda: results_blocks(args.root / "benchmarks" / "results"), "config": config_blocks}
     lookup = functools.cache(lambda kind: makers[kind]())
-    stale = []
-    for rel in ("README.md", "docs/configuration.md"):
+    stale, missing = [], []
+    for rel in FILES:
         path = args.root / rel
         if not path.exists():
             continue
@@ -299,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
         stale += [f"{rel}: {name}" for name in changed]
         if changed and not args.check:
             path.write_text(new)
+        if rel == EVERY_CONFIG_BLOCK:
+            present = {m.group(3) for m in MARKER.finditer(text) if m.group(2) == "config"}
+            missing += [f"{rel}: config:{name}" for name in lookup("config") if name not in present]
+    if missing:
+        print("no block (add its start and end markers where it belongs):\n  " + "\n  ".join(missing), file=sys.stderr)
+        return 1
     if args.check and stale:
         print("stale, run `python benchmarks/readme_tables.py`:\n  " + "\n  ".join(stale), file=sys.stderr)
         return 1

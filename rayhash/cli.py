@@ -2,6 +2,7 @@
 
     rayhash train --config configs/fmnist-dsch-64.yaml [--run.num_workers=2 ...]
     rayhash eval --checkpoint runs/dsch-fmnist/checkpoint_... [--protocol fmnist-1k]
+    rayhash quickstart [--method=dcuh] [--keep_serving=false ...]
 
 Every ``--section.key=value`` after the named options overrides the YAML config, read as the
 field's type (``rayhash.config``). ``rayhash eval`` applies them to the config saved with the
@@ -103,10 +104,10 @@ def cmd_eval(ns: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_quickstart(ns: argparse.Namespace, overrides: list[str]) -> int:
-    from rayhash.config import dump_yaml, load
-    from rayhash.quickstart import QuickstartConfig, run
+    from rayhash.config import dump_yaml
+    from rayhash.quickstart import load_config, run
 
-    cfg = load(QuickstartConfig, ns.config, overrides)
+    cfg = load_config(ns.config, ns.method, overrides)
     logger.debug("resolved config:\n%s", dump_yaml(cfg))
     connect_ray(ns.address, ns.num_cpus, ns.verbose)
     run(cfg, verbose=ns.verbose)
@@ -203,7 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("quickstart", help="train -> evaluate -> encode -> index -> serve -> query, on one machine")
-    p.add_argument("--config", default="configs/quickstart.yaml")
+    p.add_argument(
+        "--config", help="YAML config (default: the --method's main-job config, DSCH's configs/quickstart.yaml)"
+    )
+    p.add_argument(
+        "--method",
+        "--method.name",
+        dest="method",
+        metavar="NAME",
+        help="run this registered method's main-job config (dsch, dcuh, psch: configs/quickstart[-NAME].yaml)",
+    )
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local cluster, when one is started")
     p.set_defaults(func=cmd_quickstart)

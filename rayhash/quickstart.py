@@ -3,6 +3,9 @@
 Every stage goes through the same library entry points a cluster user calls (Ray Train, the Ray
 Data encode job, the index build, the Serve app), on Fashion-MNIST written out as a Parquet
 image lake, so the run exercises the real artifacts: checkpoint, code set, index set.
+
+Any registered method runs it: each has its own main-job config (:data:`METHOD_CONFIGS`), which
+``--method=NAME`` picks when no ``--config`` is given; DSCH's is the default.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rayhash import storage
-from rayhash.config import ConfigError
+from rayhash.config import ConfigError, load
+from rayhash.methods import list_methods
 from rayhash.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -32,6 +37,9 @@ class QuickstartConfig:
     query: int = 0  # which of the protocol's 1,000 queries to show
     k: int = 10
     keep_serving: bool = True  # block until Ctrl-C with the service up
+    # 0: every image of the source goes into the lake; N: the first N only, for a shorter run (the
+    # query is searched for among them; the lake is then workdir/lake-N)
+    lake_images: int = 0
 
     def __post_init__(self) -> None:
         from rayhash.serve.app import ServeConfig
@@ -42,6 +50,58 @@ class QuickstartConfig:
             raise ConfigError(f"k must be between 1 and {ServeConfig.max_k - 1}, got {self.k}")
         if not 0 <= self.query < 1000:
             raise ConfigError(f"query picks one of the protocol's 1,000 queries (0..999), got {self.query}")
+        if self.lake_images < 0 or 0 < self.lake_images <= self.k:
+            raise ConfigError(f"lake_images must be 0 (every image) or more than k={self.k}, got {self.lake_images}")
+
+
+# Each method's main-job config: its Fashion-MNIST recipe at 64 bits with the main job's rounds and
+# workers, and a run name and workdir of its own (a run name resumes its run, whatever the method).
+METHOD_CONFIGS = {
+    "dsch": "configs/quickstart.yaml",
+    "dcuh": "configs/quickstart-dcuh.yaml",
+    "psch": "configs/quickstart-psch.yaml",
+}
+DEFAULT_METHOD = "dsch"
+
+
+def config_path(method: str) -> str:
+    """The main-job config of ``method`` (relative to the repository, where the job runs)."""
+    _check_known(method)
+    if method not in METHOD_CONFIGS:
+        raise ConfigError(
+            f"method {method!r} has no main-job config; give --config with a train.method section "
+            f"of it (methods with one: {', '.join(sorted(METHOD_CONFIGS))})"
+        )
+    return METHOD_CONFIGS[method]
+
+
+def _check_known(method: str) -> None:
+    if method not in list_methods():
+        raise ConfigError(f"unknown method {method!r}; known: {', '.join(list_methods())}")
+
+
+def load_config(
+    config: str | None = None, method: str | None = None, overrides: Sequence[str] = ()
+) -> QuickstartConfig:
+    """What ``rayhash quickstart`` runs: the ``config`` file, else ``method``'s main-job config
+    (DSCH's when neither is given), then ``overrides``. Given both, ``config`` must train ``method``."""
+    if method:
+        _check_known(method)
+    path = config or config_path(method or DEFAULT_METHOD)
+    try:
+        cfg = load(QuickstartConfig, path, overrides)
+    except ConfigError as e:
+        # Renaming the method keeps the file's method keys, which the new method refuses.
+        renamed = any(o.lstrip("-").startswith("train.method.name=") for o in overrides)
+        if renamed and "with train.method.name=" in str(e):
+            raise ConfigError(f"{e} To run another method with its own keys, pick its config: --method=NAME") from None
+        raise
+    if method and cfg.train.method.name != method:
+        raise ConfigError(
+            f"--method={method}, but {path} trains {cfg.train.method.name!r} (train.method.name); "
+            f"leave out --config to run {method}'s main-job config"
+        )
+    return cfg
 
 
 def write_image_lake(images: np.ndarray, ids: list[str], uri: str, rows_per_file: int = 10_000) -> str:
@@ -103,7 +163,9 @@ def run(cfg: QuickstartConfig, *, verbose: bool = False) -> dict:
     t0 = time.perf_counter()
     trained = train_job(cfg.train, verbose=verbose, show=False)
     data, split = load_split(cfg.train.data)
-    lake = write_image_lake(data.images, data.ids, storage.join(cfg.workdir, "lake"))
+    shown = cfg.lake_images or len(data)
+    lake_name = "lake" if shown >= len(data) else f"lake-{shown}"
+    lake = write_image_lake(data.images[:shown], data.ids[:shown], storage.join(cfg.workdir, lake_name))
     manifest = run_encode(
         EncodeConfig(
             input=lake,
@@ -134,10 +196,11 @@ def run(cfg: QuickstartConfig, *, verbose: bool = False) -> dict:
     q = int(split.query[cfg.query])
     buf = io.BytesIO()
     Image.fromarray(data.images[q][..., 0]).save(buf, format="PNG")
-    # The lake holds every image, the query's own too: its copy at distance 0 says nothing about
-    # the codes, so it is left out of the neighbours shown and counted.
+    # Where the lake holds the query's own image, its copy at distance 0 says nothing about the
+    # codes, so it is left out of the neighbours shown and counted.
     results = [r for r in client.search_image(buf.getvalue(), k=cfg.k + 1) if r["id"] != data.ids[q]][: cfg.k]
-    positions = [int(r["id"]) for r in results]
+    position = {id_: i for i, id_ in enumerate(data.ids[:shown])}
+    positions = [position[r["id"]] for r in results]
     same = sum(int(data.labels[p] == data.labels[q]) for p in positions)
     grid = storage.join(cfg.workdir, "query.png")
     plot_query_grid(
@@ -147,7 +210,11 @@ def run(cfg: QuickstartConfig, *, verbose: bool = False) -> dict:
         grid,
     )
     seconds = time.perf_counter() - t0
+    m = cfg.train.method
+    method = f"{m.name}{'-ablation' if m.ablation else ''}"  # as the mAP table labels it
     summary = {
+        "method": method,
+        "map_at_k": {label: r["map_at_k"] for label, r in (trained.evaluation or {}).items()},
         "checkpoint": trained.checkpoint,
         "codeset": manifest.uri,
         "index": index.uri,
@@ -168,12 +235,14 @@ def run(cfg: QuickstartConfig, *, verbose: bool = False) -> dict:
     }
     e = cfg.train.eval
     table = f"mAP@{e.k} on {cfg.train.data.protocol}\n{format_table(trained.evaluation)}" if trained.evaluation else ""
+    among = "its own indexed copy left out" if q < shown else f"among the lake's first {shown:,} images"
     search = (
         f"query image {q} (class {data.labels[q]}): {same} of its {len(results)} nearest neighbours are of its "
-        f"class (its own indexed copy left out)\nsearch service at {url}; try:\n"
+        f"class ({among})\nsearch service at {url}; try:\n"
         f"  curl -s -X POST {url}/search/image -F file=@<image.png>\n  curl -s {url}/stats"
     )
-    print(format_summary(f"rayhash main job: done in {seconds:.0f} s", [table, search], written), flush=True)
+    title = f"rayhash main job: {method}, {cfg.train.model.bits} bits, done in {seconds:.0f} s"
+    print(format_summary(title, [table, search], written), flush=True)
     if cfg.keep_serving:
         print(f"serving at {url}; Ctrl-C stops", flush=True)
         try:

@@ -99,6 +99,39 @@ def test_a_row_trained_on_other_images_gets_its_own_line():
     assert "| DSCH (trained on 69,000 images) | — | — | 0.800 (n=1) |" in table
 
 
+def test_every_method_gets_a_row_and_a_sentence_against_its_controls():
+    t = _tables()
+    rows = [
+        *({"method": "itq", "bits": b, "map_at_1000": 0.6} for b in (16, 32)),
+        *({"method": "dcuh-ablation", "bits": b, "map_at_1000": 0.65} for b in (16, 32)),
+        {"method": "dcuh", "bits": 16, "map_at_1000": 0.70},
+        {"method": "dcuh", "bits": 16, "map_at_1000": 0.66},  # mean 0.68: ahead of 0.6 and 0.65
+        {"method": "dcuh", "bits": 32, "map_at_1000": 0.62},  # behind its ablation's 0.65
+        {"method": "dcuh", "bits": 64, "map_at_1000": 0.80},  # no ITQ or ablation row at 64 bits
+    ]
+    table = t.quality_table(rows)
+    lines = {line.split(" | ")[0]: line for line in table.splitlines()}
+    assert lines["| DCUH"] == "| DCUH | 0.680 ± 0.028 (n=2) | 0.620 (n=1) | 0.800 (n=1) |"
+    for label in ("PSCH", "PSCH ablation (hard 0/1 targets)"):  # no rows yet: dashes
+        assert lines[f"| {label}"] == f"| {label} | {t.DASH} | {t.DASH} | {t.DASH} |"
+    assert (
+        "DCUH is ahead of ITQ and of its ablation at 16 bits, and is not at 32 bits (0.620 against its "
+        "ablation 0.650), and has no control rows to compare with at 64 bits." in table
+    )
+    assert "PSCH has no rows yet." in table
+
+
+def test_check_fails_where_a_registered_method_has_no_config_table(repo_copy: Path):
+    (repo_copy / "docs").mkdir()
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    start, end = "<!-- config:train.method.psch:start -->", "<!-- config:train.method.psch:end -->"
+    cut = text[: text.index(start)] + text[text.index(end) + len(end) :]
+    (repo_copy / "docs" / "configuration.md").write_text(cut)
+    for args in (["--check"], []):
+        done = _run(*args, "--root", str(repo_copy))
+        assert done.returncode == 1 and "docs/configuration.md: config:train.method.psch" in done.stderr, done.stderr
+
+
 def test_the_config_tables_carry_each_key_its_default_and_comment():
     from rayhash.index.build import IndexBuildConfig
 
@@ -110,6 +143,7 @@ def test_the_config_tables_carry_each_key_its_default_and_comment():
 # --- the documented commands parse ------------------------------------------------------------------
 
 JOBS = {
+    "jobs/train.py": "train",
     "jobs/train_dsch.py": "train",
     "jobs/build_index.py": "index",
     "jobs/encode.py": "encode",
@@ -152,7 +186,7 @@ def test_documented_command_parses(where: str, command: str):
     from rayhash.cli import build_parser
     from rayhash.encode.config import EncodeConfig
     from rayhash.index.build import IndexBuildConfig
-    from rayhash.quickstart import QuickstartConfig
+    from rayhash.quickstart import DEFAULT_METHOD, config_path, load_config
     from rayhash.serve.app import ServeConfig
     from rayhash.train.config import TrainConfig
 
@@ -172,13 +206,11 @@ def test_documented_command_parses(where: str, command: str):
     try:
         if ns.command == "serve":
             config.from_dict(ServeConfig, {**config.apply_overrides({}, overrides), "index": ns.index})
+        elif ns.command == "quickstart":
+            # its config is the file, or the --method's own (DSCH's by default), in the repository
+            load_config(path or str(ROOT / config_path(ns.method or DEFAULT_METHOD)), ns.method, overrides)
         elif ns.command != "eval":
-            cls = {
-                "train": TrainConfig,
-                "quickstart": QuickstartConfig,
-                "encode": EncodeConfig,
-                "index": IndexBuildConfig,
-            }[ns.command]
+            cls = {"train": TrainConfig, "encode": EncodeConfig, "index": IndexBuildConfig}[ns.command]
             config.load(cls, path, overrides)
     except config.ConfigError as e:
         raise AssertionError(f"{where}: {command!r} does not parse: {e}") from e

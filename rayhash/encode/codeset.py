@@ -1,5 +1,8 @@
 """The code set artifact: Parquet shards of binary codes, committed by a manifest written last.
 
+The manifest records the kind of its codes (``code_kind``, from the checkpoint); a kind without
+a writable spec (:mod:`rayhash.codespec`) is refused before anything is written.
+
 A code set is a directory (local or ``s3://``)::
 
     manifest.json                        the commit; readers go only through it
@@ -35,6 +38,7 @@ import pyarrow.parquet as pq
 
 from rayhash import storage
 from rayhash.codespec import binary as codes_lib
+from rayhash.codespec import check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +79,7 @@ class CodeSetManifest:
     created_at: str = ""
     sha256: str = ""  # of the manifest file's bytes: what an index set records as its source
     format_version: int = FORMAT_VERSION
+    code_kind: str = "binary"  # a manifest without one was written when every code was binary
 
     def shard_uri(self, shard: ShardInfo) -> str:
         return storage.join(self.uri, shard.path)
@@ -157,11 +162,14 @@ def commit(
     errors: Sequence[ShardInfo],
     counts: dict,
     health: dict,
+    code_kind: str = "binary",
 ) -> CodeSetManifest:
     """Write ``manifest.json`` (one atomic write): from here on the code set is these shards."""
+    check_writable(code_kind, f"checkpoint {checkpoint_uri}")
     body = {
         "format_version": FORMAT_VERSION,
         "kind": KIND,
+        "code_kind": code_kind,
         "nbits": int(nbits),
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "checkpoint": {"uri": checkpoint_uri, "sha256": checkpoint_sha256},
@@ -260,6 +268,7 @@ def _parse(codeset_uri: str, data: bytes) -> CodeSetManifest:
         created_at=body.get("created_at", ""),
         sha256=storage.sha256_bytes(data),
         format_version=body["format_version"],
+        code_kind=body.get("code_kind", "binary"),
     )
 
 

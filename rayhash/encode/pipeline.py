@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 import ray
 from tqdm.auto import tqdm
 
-from rayhash.config import from_dict, to_dict
+from rayhash.codespec import check_writable
+from rayhash.config import ConfigError, from_dict, to_dict
 from rayhash.encode import codeset, inputs, staging
 from rayhash.encode.config import EncodeConfig
 from rayhash.models import ModelConfig, checkpoint, input_spec
@@ -170,6 +171,10 @@ def run_encode(cfg: EncodeConfig, *, on_staged: Callable[[int, int], None] | Non
     """
     started = time.perf_counter()
     ckpt = checkpoint.load(cfg.checkpoint)
+    try:
+        check_writable(ckpt.code_kind, f"checkpoint {ckpt.uri}")
+    except ValueError as e:  # before any image is read: the job's checkpoint is the wrong kind for it
+        raise ConfigError(f"config key 'checkpoint': {e}") from None
     model_cfg = from_dict(ModelConfig, ckpt.config["model"])
     nbits = model_cfg.bits
     mode = "L" if input_spec(model_cfg).channels == 1 else "RGB"  # decode straight to what the model eats
@@ -253,4 +258,5 @@ def _commit(
         errors=[c.errors for c, _ in chunks if c.errors],
         counts={"inputs": num_inputs, "encoded": len(packed), "rejected": rejected},
         health=codeset.code_health(packed, nbits),
+        code_kind=ckpt.code_kind,
     )

@@ -43,16 +43,16 @@ class DCUHConfig(MethodConfig):
     ablation: bool = False  # classification and local terms off: plain invariance
     clusters: int = 100  # k; DeepCluster over-clusters, 10x-100x the expected classes
     pca_dims: int = 0  # PCA-whiten features to this many dims before k-means (DeepCluster: 256); 0 = off
-    kmeans_iters: int = 20
+    kmeans_iters: int = 20  # Lloyd iterations per E-step, warm from k-means++ each round
     lambda_cls: float = 1.0  # weight of the two classification terms
-    lambda_inv: float = 1.0
-    lambda_local: float = 0.5
+    lambda_inv: float = 1.0  # weight of NT-Xent between the two views
+    lambda_local: float = 0.5  # weight of the local term: supervised contrast over pseudo labels
     tau: float = 0.3  # temperature of NT-Xent and of the local term
     cls_temperature: float = 0.1  # the cosine classifier's logits are cos / cls_temperature
     warmup_rounds: int = 1  # rounds of plain invariance before the first clustering
     uniform_sampling: bool = True  # anchors uniform over clusters
     partner_sampling: bool = True  # half of each batch: a partner from the anchor's cluster
-    seed: int = 0
+    seed: int = 0  # seeds each round's k-means (plus the round index)
 
 
 class CosineClassifier(nn.Module):

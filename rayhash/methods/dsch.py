@@ -35,9 +35,9 @@ class DSCHConfig(MethodConfig):
     fine_components: int = 1000  # m1
     coarse_components: int = 100  # m2
     covariance_type: Literal["full", "diag"] = "diag"  # "full" is the paper's; "diag" scales to millions
-    gmm_max_iter: int = 100
-    gmm_tol: float = 1e-3
-    reg_covar: float = 1e-6
+    gmm_max_iter: int = 100  # EM iterations of the fine GMM per E-step
+    gmm_tol: float = 1e-3  # stop EM once the lower bound gains less than this
+    reg_covar: float = 1e-6  # added to the covariances' diagonal, as scikit-learn does
     normalize_responsibilities: bool = True  # rows of P1 L2-normalised, as the CIFAR-10 script does
     lam: float = 0.1  # lambda
     tau: float = 1.0  # temperature of the component terms ("tau for Eq. 23")
@@ -50,7 +50,7 @@ class DSCHConfig(MethodConfig):
     # With m1 components and shuffled batches of B, an anchor meets a co-member in its batch with
     # probability about B/m1, so S = P1 P1^T would add almost no positives to L_ic.
     partner_sampling: bool = True
-    seed: int = 0
+    seed: int = 0  # seeds each round's GMM and coarse k-means (plus the round index)
 
 
 class DSCH(HashingMethod):

@@ -48,16 +48,16 @@ class PSCHConfig(MethodConfig):
     clusters: int = 100  # k
     alpha: float = 1.0  # keep a label within mu_c + alpha * sigma_c of the centre
     pca_dims: int = 0  # PCA-whiten features before k-means; 0 = off
-    kmeans_iters: int = 20
+    kmeans_iters: int = 20  # Lloyd iterations per E-step
     groups: int = 8  # G channel groups of the feature map, one attention map each
     target_floor: float = 0.5  # the lowest target of a same-label pair; its graded similarity fills the rest
-    lambda_pair: float = 1.0
-    lambda_inv: float = 1.0
+    lambda_pair: float = 1.0  # weight of the soft pairwise term
+    lambda_inv: float = 1.0  # weight of NT-Xent between the two views
     lambda_q: float = 0.01  # quantisation: keeps codes near the corners they binarise to
     tau: float = 0.3  # temperature of NT-Xent
     warmup_rounds: int = 1  # rounds of plain invariance before the first clustering
-    partner_sampling: bool = True
-    seed: int = 0
+    partner_sampling: bool = True  # half of each batch: a partner from the anchor's cluster
+    seed: int = 0  # seeds each round's k-means (plus the round index)
 
 
 def part_descriptors(feature_maps: torch.Tensor, groups: int) -> torch.Tensor:

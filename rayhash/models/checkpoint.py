@@ -6,7 +6,8 @@ A checkpoint is a directory (local or ``s3://``) holding
   (model, the method's plain state and its own module's state dict, optimizer, schedule and
   torch's generator state, progress, the resolved config as a dict; with weight averaging,
   ``model`` is the averaged model to serve and ``averaging`` holds the running mean and the
-  live weights training resumes from);
+  live weights training resumes from), and the code kind the model's method gives (``"binary"``
+  or ``"pq"``), so that every stage that loads the model knows what a code is;
 - ``rayhash_checkpoint.sha256``: the SHA-256 of that file, written after it.
 
 Readers verify the checksum *before* ``torch.load(weights_only=True)`` parses anything.
@@ -27,6 +28,8 @@ from rayhash import storage
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+# The kind of a checkpoint that records none: every such checkpoint holds a binary method's model.
+DEFAULT_CODE_KIND = "binary"
 PAYLOAD_FILE = "rayhash_checkpoint.pt"
 CHECKSUM_FILE = "rayhash_checkpoint.sha256"
 
@@ -43,6 +46,7 @@ class Checkpoint:
     progress: dict = field(default_factory=dict)  # round, epoch, step, metrics so far
     # Weight averaging (rayhash.train.averaging): count, mean, and the live weights as "live_model".
     averaging: dict = field(default_factory=dict)
+    code_kind: str = DEFAULT_CODE_KIND  # what the trained method's codes are: "binary" or "pq"
 
 
 def _payload_uri(uri: str) -> str:
@@ -59,7 +63,10 @@ def serialize(
     optimizer: dict | None = None,
     progress: dict | None = None,
     averaging: dict | None = None,
+    code_kind: str = DEFAULT_CODE_KIND,
 ) -> bytes:
+    if not isinstance(code_kind, str) or not code_kind:
+        raise ValueError(f"code_kind must name a kind of code (e.g. 'binary'), got {code_kind!r}")
     payload = {
         "format_version": FORMAT_VERSION,
         "config": config,
@@ -69,6 +76,7 @@ def serialize(
         "optimizer": optimizer or {},
         "progress": progress or {},
         "averaging": averaging or {},
+        "code_kind": code_kind,
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -121,4 +129,5 @@ def load(uri: str, map_location: str | torch.device = "cpu") -> Checkpoint:
         optimizer=payload["optimizer"],
         progress=payload["progress"],
         averaging=payload.get("averaging", {}),
+        code_kind=payload.get("code_kind", DEFAULT_CODE_KIND),
     )

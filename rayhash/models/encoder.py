@@ -1,4 +1,8 @@
-"""Images -> packed binary codes with a trained checkpoint: one class for bulk encoding and Serve."""
+"""Images -> codes with a trained checkpoint: one class for bulk encoding and Serve.
+
+The checkpoint says which kind of code its method gives (``code_kind``); this encoder writes
+binary codes (the sign of h, packed) and refuses to encode for a kind it cannot write yet.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import numpy as np
 import torch
 
 from rayhash.codespec import binary as codes
+from rayhash.codespec import check_writable
 from rayhash.config import from_dict
 from rayhash.data.transforms import eval_batch_transform
 from rayhash.models import HashModel, ModelConfig, build_model
@@ -34,6 +39,7 @@ class ImageEncoder:
         checkpoint_uri: str = "",
         checkpoint_sha256: str = "",
         batch_size: int = 256,
+        code_kind: str = ckpt.DEFAULT_CODE_KIND,
     ):
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
@@ -42,6 +48,7 @@ class ImageEncoder:
         self.checkpoint_uri = checkpoint_uri
         self.checkpoint_sha256 = checkpoint_sha256
         self.batch_size = batch_size
+        self.code_kind = code_kind  # the kind the checkpoint's method gives: "binary" or "pq"
 
     @classmethod
     def from_checkpoint(cls, uri: str, device: str | torch.device | None = None, batch_size: int = 256) -> ImageEncoder:
@@ -51,7 +58,12 @@ class ImageEncoder:
         model = build_model(ModelConfig(**{**model_cfg.__dict__, "pretrained": False}))
         model.load_state_dict(loaded.model)
         return cls(
-            model, device=device, checkpoint_uri=loaded.uri, checkpoint_sha256=loaded.sha256, batch_size=batch_size
+            model,
+            device=device,
+            checkpoint_uri=loaded.uri,
+            checkpoint_sha256=loaded.sha256,
+            batch_size=batch_size,
+            code_kind=loaded.code_kind,
         )
 
     @property
@@ -74,6 +86,7 @@ class ImageEncoder:
 
     def encode(self, images: Sequence[np.ndarray] | torch.Tensor) -> np.ndarray:
         """Packed codes ``(n, nbits // 8)`` uint8."""
+        check_writable(self.code_kind, f"checkpoint {self.checkpoint_uri}" if self.checkpoint_uri else "")
         if len(images) == 0:
             return np.empty((0, self.nbits // 8), dtype=np.uint8)
         return codes.pack(self.encode_continuous(images))

@@ -294,6 +294,7 @@ def run_rounds(
                 model=served,
                 em=method.state_dict(),
                 method_module=method.module.state_dict() if method.module is not None else {},
+                code_kind=method.code_kind,
                 averaging=averaging,
                 optimizer={
                     "adam": optimizer.state_dict(),

@@ -153,7 +153,9 @@ def test_a_key_of_another_method_names_this_methods_keys(toys):
 
 
 def test_a_dsch_config_file_with_another_method_name_is_refused(toys):
-    with pytest.raises(ConfigError, match=r"'method.\w+' with method.name=toy \(a key of method.name=(\w+ or )*dsch( or \w+)*\)"):
+    with pytest.raises(
+        ConfigError, match=r"'method.\w+' with method.name=toy \(a key of method.name=(\w+ or )*dsch( or \w+)*\)"
+    ):
         load(TrainConfig, str(ROOT / "configs" / "fmnist-dsch-64.yaml"), ["--method.name=toy"])
 
 

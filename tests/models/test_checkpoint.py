@@ -1,3 +1,5 @@
+import io
+
 import pytest
 import torch
 
@@ -45,3 +47,30 @@ def test_foreign_pickle_is_refused(tmp_path):
     torch.save({"anything": 1}, d / checkpoint.PAYLOAD_FILE)
     with pytest.raises(storage.ChecksumError, match="not written by rayhash"):
         checkpoint.load(str(d))
+
+
+def test_code_kind_round_trips(tmp_path):
+    model = build_model(ModelConfig(bits=16))
+    for kind in ("binary", "pq"):
+        uri = str(tmp_path / kind)
+        checkpoint.save(uri, config={"model": {"bits": 16}}, model=model.state_dict(), code_kind=kind)
+        assert checkpoint.load(uri).code_kind == kind
+    with pytest.raises(ValueError, match="code_kind"):
+        checkpoint.save(str(tmp_path / "none"), config={}, model=model.state_dict(), code_kind="")
+
+
+def test_a_checkpoint_without_a_code_kind_reads_as_binary(tmp_path):
+    """A payload written before checkpoints recorded the kind: the same keys, no ``code_kind``."""
+    model = build_model(ModelConfig(bits=16))
+    payload = torch.load(
+        io.BytesIO(checkpoint.serialize(config={"model": {"bits": 16}}, model=model.state_dict())), weights_only=True
+    )
+    del payload["code_kind"]
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    uri = str(tmp_path / "old")
+    storage.write_bytes_atomic(storage.join(uri, checkpoint.PAYLOAD_FILE), buf.getvalue())
+    storage.write_text_atomic(storage.join(uri, checkpoint.CHECKSUM_FILE), storage.sha256_bytes(buf.getvalue()) + "\n")
+    loaded = checkpoint.load(uri)
+    assert "code_kind" not in payload and loaded.code_kind == "binary"
+    assert set(loaded.model) == set(model.state_dict())

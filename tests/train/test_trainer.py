@@ -4,8 +4,10 @@ import json
 import os
 import signal
 
+import pytest
+
 from rayhash.config import load
-from rayhash.models import checkpoint
+from rayhash.models import build_model, checkpoint
 from rayhash.train.config import TrainConfig
 from rayhash.train.trainer import run_training
 
@@ -15,15 +17,21 @@ TINY = [
     "--data.random_train=256",
     "--model.bits=16",
     "--optim.batch_size=64",
-    "--method.fine_components=8",
-    "--method.coarse_components=3",
     "--run.cpus_per_worker=0.5",
+    "--run.torch_threads=1",
     "--eval.enabled=false",
 ]
+# Each method's own keys, sized for TINY's 256 images: a key of another method would be refused.
+METHOD_KEYS = {
+    "dsch": ["--method.name=dsch", "--method.fine_components=8", "--method.coarse_components=3"],
+    "dcuh": ["--method.name=dcuh", "--method.clusters=8"],
+    "psch": ["--method.name=psch", "--method.clusters=8"],
+}
 
 
-def _cfg(tmp_path_or_uri, name, *extra):
-    return load(TrainConfig, None, [*TINY, f"--run.storage_path={tmp_path_or_uri}", f"--run.name={name}", *extra])
+def _cfg(tmp_path_or_uri, name, *extra, method="dsch"):
+    overrides = [*TINY, *METHOD_KEYS[method], f"--run.storage_path={tmp_path_or_uri}", f"--run.name={name}"]
+    return load(TrainConfig, None, [*overrides, *extra])
 
 
 def test_two_workers_write_a_checkpoint(ray_cluster, tmp_path, capsys):
@@ -40,6 +48,43 @@ def test_two_workers_write_a_checkpoint(ray_cluster, tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("round ")]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"], lines
     assert "(ic " in lines[0] and "fine " in lines[1] and "samples/s" in lines[1]
+
+
+def _method_state(ckpt: checkpoint.Checkpoint) -> dict[str, tuple]:
+    """The shapes of what a checkpoint holds of the method: its module's weights and its E-step state."""
+    return {
+        **{f"module {k}": tuple(v.shape) for k, v in ckpt.method_module.items()},
+        **{f"em {k}": tuple(v.shape) for k, v in ckpt.em.items()},
+    }
+
+
+@pytest.mark.parametrize("method", ["dcuh", "psch"])
+def test_each_method_checkpoints_its_state_and_resumes(ray_cluster, tmp_path, method):
+    feature_dim = build_model(load(TrainConfig, None, TINY).model).feature_dim
+    # After round 1's E-step clustered every worker's features into one set of 8 clusters: DCUH's
+    # cosine classifier (8 clusters x 16 bits) and feature-space centres; PSCH's centres and the
+    # distance threshold of each cluster (it has no module).
+    want = {
+        "dcuh": {"module weight": (8, 16), "em centers": (8, feature_dim)},
+        "psch": {"em centers": (8, feature_dim), "em thresholds": (8,)},
+    }[method]
+    name = f"{method}-two"
+    first = run_training(_cfg(tmp_path, name, "--run.num_workers=2", "--run.rounds=2", method=method))
+    ckpt = checkpoint.load(first.checkpoint)
+    assert ckpt.progress["round"] == 1 and ckpt.progress["resumes"] == []
+    assert ckpt.config["method"]["name"] == method and ckpt.config["method"]["clusters"] == 8
+    assert ckpt.code_kind == "binary"  # the method's kind travels with the weights
+    assert _method_state(ckpt) == want
+
+    # The job is submitted again under the same name with one more round: it goes on from round 2.
+    rounds_seen = []
+    second = run_training(
+        _cfg(tmp_path, name, "--run.num_workers=2", "--run.rounds=3", method=method),
+        on_round=lambda m: rounds_seen.append(m["round"]),
+    )
+    resumed = checkpoint.load(second.checkpoint)
+    assert rounds_seen == [2] and resumed.progress["round"] == 2 and resumed.progress["resumes"] == [2]
+    assert _method_state(resumed) == want and resumed.code_kind == "binary"
 
 
 def _kill_a_worker_after_round(round_index: int, test_pid: int, record: str):
