@@ -129,3 +129,56 @@ def test_packed_value_sorts_equal_the_argsort_merge(seed):
         if key_bits <= 40:
             for got, expected in zip(_sorted_top(dist, keys, k), want[:2]):
                 np.testing.assert_array_equal(got, expected)
+
+
+def python_sorted_rows(dist, keys, k):
+    """Reference for float rows: Python's sort of each row's (distance, key, column), pads after, padded to k."""
+    out_d, out_k, out_s = [], [], []
+    for d_row, k_row in zip(dist, keys):
+        entries = sorted((float(d), int(key), col) for col, (d, key) in enumerate(zip(d_row, k_row)) if key >= 0)[:k]
+        entries += [(-1.0, -1, -1)] * (k - len(entries))
+        out_d.append([e[0] for e in entries])
+        out_k.append([e[1] for e in entries])
+        out_s.append([e[2] for e in entries])
+    return np.array(out_d, np.float32), np.array(out_k, np.int64), np.array(out_s, np.int64)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_float_distances_sort_and_merge_as_python_sorts_them(seed):
+    # Float32 distances (PQ's ADC) through all three sorts: exact ties, negatives and -0.0 (which
+    # equals 0.0), huge values, pads beside inf or junk; keys narrow enough to pack and too wide
+    # (2**40, 2**58), where each falls back to the argsort. Distances must come back bit-identical.
+    rng = np.random.default_rng(100 + seed)
+    for _ in range(40):
+        n, cols, k = rng.integers(1, 8), rng.integers(1, 200), rng.integers(1, 220)
+        key_bits = int(rng.choice([1, 8, 20, 40, 58]))
+        values = np.concatenate([rng.random(6) * 100, [0.0, -0.0, -3.5, 1e30, 1e-30, np.float32(2.5)]]).astype(
+            np.float32
+        )
+        dist = values[rng.integers(0, len(values), (n, cols))]
+        dist = np.where(rng.random((n, cols)) < 0.5, dist, rng.random((n, cols)) * 50).astype(np.float32)
+        keys = rng.integers(0, 2**key_bits, (n, cols)).astype(np.int64)
+        pads = rng.random((n, cols)) < 0.2
+        keys[pads] = -1
+        dist[pads] = rng.choice(np.array([np.inf, -1.0, 7.0], np.float32), int(pads.sum()))
+        want = python_sorted_rows(dist, keys, k)
+        for got in (sort_rows(dist, keys, k), _merged_top(dist, keys, k), merge_topk([(dist, keys)], k)):
+            assert got[0].dtype == np.float32
+            np.testing.assert_array_equal(got[0], want[0])  # -0.0 == 0.0 here, as in the float order
+            for g, w in zip(got[1:], want[1:]):
+                np.testing.assert_array_equal(g, w)
+        sd, sk = _sorted_top(dist, keys, k)
+        assert sd.dtype == np.float32
+        np.testing.assert_array_equal(sd, want[0])
+        np.testing.assert_array_equal(sk, want[1])
+
+
+def test_float_merge_of_parts_keeps_the_nearest_across_parts():
+    parts = [
+        (np.array([[0.5, 2.0, np.inf]], np.float32), np.array([[4, 7, -1]])),
+        (np.array([[0.5, 1.25]], np.float32), np.array([[2, 9]])),
+    ]
+    dist, keys, source = merge_topk(parts, 4)
+    assert dist.dtype == np.float32
+    assert dist.tolist() == [[0.5, 0.5, 1.25, 2.0]] and keys.tolist() == [[2, 4, 9, 7]]
+    assert source.tolist() == [[3, 0, 4, 1]]
