@@ -1,12 +1,14 @@
-"""Code specs: what a code is (binary sign bits), how it is packed, written as hex and compared.
+"""Code specs: what a code is, how it is packed, written as hex and compared: ``binary`` (sign
+bits, Hamming) and ``pq`` (product-quantised bytes, codebooks, asymmetric distances).
 
 A method declares the kind of code it gives (``"binary"`` or ``"pq"``), and its checkpoint
-records it. Only a kind with a spec here can be written into a code set, indexed and served.
+records it. Only a kind in ``WRITABLE_KINDS`` can be written into a code set, indexed and served.
 """
 
 from __future__ import annotations
 
-# Product-quantised codes ("pq": codebooks, asymmetric distances) have no spec yet.
+# "pq" has its spec (codespec.pq) and index builders, but the code set, encode job, serve app
+# and metrics do not carry codebooks yet.
 WRITABLE_KINDS = ("binary",)
 
 
@@ -16,6 +18,6 @@ def check_writable(code_kind: str, source: str = "") -> str:
         where = f"{source} gives" if source else "got"
         raise ValueError(
             f"{where} {code_kind!r} codes; rayhash writes only {', '.join(WRITABLE_KINDS)} codes so far "
-            "(product-quantised codes are not implemented yet)"
+            "(product-quantised codes are not carried through the code set and serve app yet)"
         )
     return code_kind
