@@ -1,4 +1,5 @@
-"""Build an index set from a code set: sort by id, cut into shards, one faiss binary index each.
+"""Build an index set from a code set: sort by id, cut into shards, one faiss binary index each
+(PQ indexes are built beside these, in :mod:`rayhash.index.pq`, with the same sort and cut).
 
 Pure (faiss + numpy, no Ray): ``jobs/build_index.py`` and ``rayhash index`` parse a config and
 call :func:`build_index_set`; it runs the same on a laptop or as a Ray job on a cluster node.
@@ -42,18 +43,66 @@ def default_nlist(n: int) -> int:
 
 def ivf_template(codes: np.ndarray, nbits: int, *, nlist: int, nprobe: int, train_size: int, seed: int):
     """An empty, trained ``IndexBinaryIVF``: every shard is a copy of it, so all share one quantizer."""
-    if not 1 <= nlist <= len(codes):
-        raise ValueError(f"nlist must be between 1 and the number of codes ({len(codes)}), got {nlist}")
-    if not 1 <= nprobe <= nlist:
-        raise ValueError(f"nprobe must be between 1 and nlist ({nlist}), got {nprobe}")
-    rng = np.random.default_rng(seed)
-    sample = codes if train_size >= len(codes) else codes[np.sort(rng.choice(len(codes), train_size, replace=False))]
+    sample = ivf_sample(codes, nlist=nlist, nprobe=nprobe, train_size=train_size, seed=seed)
     quantizer = faiss.IndexBinaryFlat(nbits)
     index = faiss.IndexBinaryIVF(quantizer, nbits, nlist)
     index.cp.seed = seed
     index.train(np.ascontiguousarray(sample))
     index.nprobe = nprobe
     return index
+
+
+def ivf_sample(rows: np.ndarray, *, nlist: int, nprobe: int, train_size: int, seed: int) -> np.ndarray:
+    """The rows an IVF quantizer trains on (all, or ``train_size`` drawn with ``seed``), once ``nlist``
+    and ``nprobe`` are checked against them."""
+    if not 1 <= nlist <= len(rows):
+        raise ValueError(f"nlist must be between 1 and the number of codes ({len(rows)}), got {nlist}")
+    if not 1 <= nprobe <= nlist:
+        raise ValueError(f"nprobe must be between 1 and nlist ({nlist}), got {nprobe}")
+    rng = np.random.default_rng(seed)
+    return rows if train_size >= len(rows) else rows[np.sort(rng.choice(len(rows), train_size, replace=False))]
+
+
+def ivf_params(n: int, *, nlist: int | None, nprobe: int | None, train_size: int | None, seed: int) -> dict:
+    """An IVF kind's parameters as the manifest records them, defaults filled in."""
+    nlist = nlist or default_nlist(n)
+    return {
+        "nlist": nlist,
+        "nprobe": nprobe or max(1, nlist // 8),
+        "train_size": min(n, train_size or 64 * nlist),
+        "seed": seed,
+    }
+
+
+def sorted_unique(
+    ids, codes: np.ndarray, *, kind: str, num_shards: int, ivf_options: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, codes)`` sorted by id, once the shard options are checked; duplicate ids are refused,
+    since "ties ordered by id" and lookups by id need each id once."""
+    n = len(ids)
+    if kind not in indexset.INDEX_KINDS:
+        raise ValueError(f"index kind {kind!r} is not one of {indexset.INDEX_KINDS}")
+    if not 1 <= num_shards <= max(n, 1):
+        raise ValueError(f"num_shards must be between 1 and the number of codes ({n}), got {num_shards}")
+    if kind == "flat" and ivf_options:
+        raise ValueError("nlist, nprobe and train_size apply to kind='ivf' only")
+    ids = np.asarray(ids, dtype=indexset.ID_DTYPE)
+    order = np.argsort(ids, kind="stable")
+    ids, codes = ids[order], np.ascontiguousarray(codes[order])
+    dup = np.flatnonzero(ids[1:] == ids[:-1])
+    if len(dup):
+        raise ValueError(
+            f"id {ids[dup[0]]!r} appears more than once ({len(dup)} duplicates in all); "
+            "ids must be unique to be looked up and to break ties"
+        )
+    return ids, codes
+
+
+def shard_bounds(n: int, num_shards: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` of each shard's contiguous run of sorted items."""
+    return [
+        (int(part[0]), int(part[-1]) + 1) if len(part) else (0, 0) for part in np.array_split(np.arange(n), num_shards)
+    ]
 
 
 def build_shards(
@@ -81,38 +130,17 @@ def build_shards(
             f"codes must be uint8 of shape ({n}, {nbits // 8}) for {n} ids of {nbits} bits, "
             f"got {codes.dtype} {codes.shape}"
         )
-    if kind not in indexset.INDEX_KINDS:
-        raise ValueError(f"index kind {kind!r} is not one of {indexset.INDEX_KINDS}")
-    if not 1 <= num_shards <= max(n, 1):
-        raise ValueError(f"num_shards must be between 1 and the number of codes ({n}), got {num_shards}")
-    if kind == "flat" and (nlist or nprobe or train_size):
-        raise ValueError("nlist, nprobe and train_size apply to kind='ivf' only")
-    ids = np.asarray(ids, dtype=indexset.ID_DTYPE)
-    order = np.argsort(ids, kind="stable")
-    ids, codes = ids[order], np.ascontiguousarray(codes[order])
-    dup = np.flatnonzero(ids[1:] == ids[:-1])
-    if len(dup):
-        raise ValueError(
-            f"id {ids[dup[0]]!r} appears more than once ({len(dup)} duplicates in all); "
-            "ids must be unique to be looked up and to break ties"
-        )
+    ids, codes = sorted_unique(
+        ids, codes, kind=kind, num_shards=num_shards, ivf_options=bool(nlist or nprobe or train_size)
+    )
     params: dict = {}
     template = None
     if kind == "ivf":
-        nlist = nlist or default_nlist(n)
-        params = {
-            "nlist": nlist,
-            "nprobe": nprobe or max(1, nlist // 8),
-            "train_size": min(n, train_size or 64 * nlist),
-            "seed": seed,
-        }
-        template = ivf_template(
-            codes, nbits, nlist=nlist, nprobe=params["nprobe"], train_size=params["train_size"], seed=seed
-        )
+        params = ivf_params(n, nlist=nlist, nprobe=nprobe, train_size=train_size, seed=seed)
+        template = ivf_template(codes, nbits, **params)
         template_bytes = faiss.serialize_index_binary(template)
     shards = []
-    for part in np.array_split(np.arange(n), num_shards):
-        lo, hi = (int(part[0]), int(part[-1]) + 1) if len(part) else (0, 0)
+    for lo, hi in shard_bounds(n, num_shards):
         index = faiss.IndexBinaryFlat(nbits) if template is None else faiss.deserialize_index_binary(template_bytes)
         index.add(codes[lo:hi])
         shards.append((index, ids[lo:hi]))
