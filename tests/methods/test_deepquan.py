@@ -127,7 +127,7 @@ def test_fewer_items_than_codewords_cap_k_with_a_warning(caplog):
 def _rank_e_steps(z: torch.Tensor, cut: int) -> dict:
     """Each rank holds a slice of z; two rounds (k-means++, then warm); returns its codes and the codebooks."""
     part = slice(0, cut) if dist.rank() == 0 else slice(cut, None)
-    method = _method()
+    method = _method(DeepQuanConfig(**{**CFG.__dict__, "kmeans_iters": 8}))
     first = method.e_step(ShardInputs(codes=z[part]), 0)
     books0 = method.codebooks.clone()
     second = method.e_step(ShardInputs(codes=z[part] * 0.9), 1)
