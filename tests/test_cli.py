@@ -58,7 +58,7 @@ OTHERS = {
     "not an override": (["-m", "rayhash", "index", "--nlist", "8"], "unrecognized arguments: --nlist 8"),
     "unknown method": (
         ["jobs/train.py", "--config", "configs/fmnist-dsch-64.yaml", "--method.name=nosuch"],
-        "config key 'method.name': no method named 'nosuch'; known: dcuh, dsch, psch",
+        "config key 'method.name': no method named 'nosuch'; known: dcuh, deepquan, dsch, psch",
     ),
 }
 CASES = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rayhash.methods.base import HashingMethod, MethodConfig, ShardInputs, ViewBatch
 from rayhash.methods.dcuh import DCUH, DCUHConfig
+from rayhash.methods.deepquan import DeepQuan, DeepQuanConfig
 from rayhash.methods.dsch import DSCH, DSCHConfig
 from rayhash.methods.psch import PSCH, PSCHConfig
 from rayhash.methods.registry import (
@@ -18,6 +19,8 @@ from rayhash.methods.registry import (
 __all__ = [
     "DCUH",
     "DCUHConfig",
+    "DeepQuan",
+    "DeepQuanConfig",
     "PSCH",
     "PSCHConfig",
     "DSCH",

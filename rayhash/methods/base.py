@@ -11,7 +11,8 @@ brings:
   exactly these once per round (eval mode, no augmentation, shard order) as a :class:`ShardInputs`.
 - ``e_step(inputs, round_index)``: called at the start of every round. It updates the method's
   state cluster-wide through :mod:`rayhash.dist`, so every rank ends with the same components.
-- ``loss_inputs``: what its loss needs of each view beside h (``"features"``, ``"feature_maps"``).
+- ``loss_inputs``: what its loss needs of each view beside h (``"features"``, ``"feature_maps"``,
+  ``"inputs"``: the view itself as the model got it, for a method that reconstructs its input).
 - ``loss(batch)``: the loss of a :class:`ViewBatch` of two augmented views, given that state;
   ``batch.index`` holds the items' positions in this worker's shard.
 - ``module``: its own trainable ``nn.Module`` (a classifier, attention, codebooks), or None. The
@@ -22,7 +23,12 @@ brings:
 - ``partners(generator)`` / ``sample_order(n, generator)``: optional batch sampling, e.g. pairs from
   one component, or an order uniform over clusters.
 - ``state_dict()`` / ``load_state_dict()``: its plain (rank-independent) state for the checkpoint.
-- ``code_kind``: the kind of code a trained model gives (``"binary"``: sign of h).
+- ``code_kind``: the kind of code a trained model gives (``"binary"``: sign of h; ``"pq"``: the
+  nearest codeword per sub-space of h, under codebooks the method keeps in its state).
+- ``embedding_dim(cfg, nbits)``: the width of h the method trains; ``nbits`` unless it says otherwise
+  (a PQ method's M * d_sub). The trainer builds the model's head with it (``model.embed_dim``).
+- A method that declares ``"inputs"`` is built with ``input_dim``, the flattened width of a model
+  input (channels * size * size), for a module that outputs one.
 
 A method needs a backbone that gives what it declares: one without a feature map (``mlp``) is
 refused before training when ``"feature_maps"`` is declared.
@@ -38,9 +44,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-CODES, FEATURES, FEATURE_MAPS = "codes", "features", "feature_maps"
+CODES, FEATURES, FEATURE_MAPS, INPUTS = "codes", "features", "feature_maps", "inputs"
 SHARD_INPUTS = (CODES, FEATURES, FEATURE_MAPS)
-VIEW_INPUTS = (FEATURES, FEATURE_MAPS)  # h is always there
+VIEW_INPUTS = (FEATURES, FEATURE_MAPS, INPUTS)  # h is always there
 CODE_KINDS = ("binary", "pq")
 
 
@@ -64,7 +70,7 @@ class ShardInputs:
     """What the E-step gets for every image of this worker's shard, in shard order; what the
     method did not declare is None."""
 
-    codes: torch.Tensor | None = None  # (n, bits)
+    codes: torch.Tensor | None = None  # (n, embed_dim): h, whose width is bits for a binary method
     features: torch.Tensor | None = None  # (n, feature_dim)
     feature_maps: torch.Tensor | None = None  # (n, C, H, W)
 
@@ -74,16 +80,18 @@ class ShardInputs:
 
 @dataclass(frozen=True)
 class ViewBatch:
-    """A batch as the loss gets it: both views' outputs and the items' shard positions; features
-    and maps only where the method declared them in ``loss_inputs``."""
+    """A batch as the loss gets it: both views' outputs and the items' shard positions; features,
+    maps and the views' model inputs only where the method declared them in ``loss_inputs``."""
 
-    h_a: torch.Tensor  # (B, bits) continuous codes of view a
+    h_a: torch.Tensor  # (B, embed_dim) continuous codes of view a
     h_b: torch.Tensor
     index: torch.Tensor  # (B,) positions in this worker's shard
     features_a: torch.Tensor | None = None  # (B, feature_dim)
     features_b: torch.Tensor | None = None
     feature_maps_a: torch.Tensor | None = None  # (B, C, H, W)
     feature_maps_b: torch.Tensor | None = None
+    inputs_a: torch.Tensor | None = None  # (B, C, H, W) view a as the model got it (augmented, normalised)
+    inputs_b: torch.Tensor | None = None
 
 
 class HashingMethod(ABC):
@@ -98,6 +106,11 @@ class HashingMethod(ABC):
         self.cfg = cfg
         self.nbits = nbits
         self.feature_dim = feature_dim
+
+    @classmethod
+    def embedding_dim(cls, cfg: MethodConfig, nbits: int) -> int:
+        """The width of h this method trains for codes of ``nbits``: ``nbits`` (one sign per bit) by default."""
+        return nbits
 
     @abstractmethod
     def e_step(self, inputs: ShardInputs, round_index: int) -> dict[str, float]:

@@ -1,5 +1,6 @@
-"""Hashing losses as pure functions of tensors: DSCH's three terms, DCUH's local-structure term and
-PSCH's soft pairwise term (the method pages in docs/methods.md say which are reconstructions).
+"""Hashing losses as pure functions of tensors: DSCH's three terms, DCUH's local-structure term,
+PSCH's soft pairwise term and DeepQuan's reconstruction, weighted triplet and product-quantisation
+terms (the method pages in docs/methods.md say which are reconstructions).
 
 No state, no collectives: a method computes the weights and components, these score a batch.
 """
@@ -92,3 +93,61 @@ def soft_pair_loss(h: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -
         if bool(part.any()):
             total = total + err[part].mean()
     return total
+
+
+def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """``mean_i ||x_i - x_hat_i||^2 / D`` for flattened inputs ``(n, D)``: per input dimension, so its
+    scale does not grow with the image size."""
+    return (x - x_hat).pow(2).mean()
+
+
+def input_affinity(x: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``exp(-||x_i - y_i||^2 / (D sigma^2))`` row by row for flattened inputs ``(n, D)``."""
+    return torch.exp(-(x - y).pow(2).mean(dim=1) / sigma**2)
+
+
+def triplet_weights(x_a: torch.Tensor, x_p: torch.Tensor, x_n: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``w_apn = s(x_a, x_p) (1 - s(x_a, x_n))`` with ``s`` the input affinity: a triplet counts as
+    much as its positive is close to the anchor in input space and its negative far from it."""
+    return input_affinity(x_a, x_p, sigma) * (1.0 - input_affinity(x_a, x_n, sigma))
+
+
+def weighted_triplet_loss(
+    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, weights: torch.Tensor, margin: float
+) -> torch.Tensor:
+    """``sum_i w_i max(0, m + ||a_i - p_i||^2 - ||a_i - n_i||^2) / sum_i w_i``.
+
+    Normalised by the weights' sum so that weighting changes which triplets count, not the term's
+    scale: with all weights equal it is the plain mean triplet loss.
+    """
+    d_ap = (anchor - positive).pow(2).sum(dim=1)
+    d_an = (anchor - negative).pow(2).sum(dim=1)
+    hinge = (margin + d_ap - d_an).clamp_min(0.0)
+    return (weights * hinge).sum() / weights.sum().clamp_min(1e-12)
+
+
+@torch.no_grad()
+def nearest_codewords(z: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """PQ codes ``(n, M)``: the nearest of each sub-space's K codewords to that slice of ``z``
+    ``(n, M * d_sub)``; ``codebooks`` is ``(M, K, d_sub)``."""
+    m, _, d_sub = codebooks.shape
+    parts = z.reshape(len(z), m, d_sub).transpose(0, 1).to(codebooks.dtype)  # (M, n, d_sub)
+    # ||z||^2 is the same for every codeword of a sub-space: it cannot change the argmin.
+    d2 = codebooks.pow(2).sum(-1)[:, None, :] - 2.0 * torch.bmm(parts, codebooks.transpose(1, 2))
+    return d2.argmin(dim=-1).T
+
+
+def pq_reconstruct(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """``C(b)``: each sub-space's codeword, concatenated, ``(n, M * d_sub)``."""
+    m = codebooks.shape[0]
+    return codebooks[torch.arange(m, device=codes.device), codes].flatten(1)
+
+
+def pq_quantization_loss(z: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """``mean_i ||z_i - C(b(z_i))||^2``: the PQ distortion of ``z`` under fixed codebooks.
+
+    The codes are chosen without gradient and the codebooks are constants: the gradient moves ``z``
+    towards its nearest codewords.
+    """
+    codebooks = codebooks.to(z.dtype)
+    return (z - pq_reconstruct(nearest_codewords(z, codebooks), codebooks)).pow(2).sum(dim=1).mean()

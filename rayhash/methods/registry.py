@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from rayhash.methods.base import CODE_KINDS, SHARD_INPUTS, VIEW_INPUTS, HashingMethod, MethodConfig
+from rayhash.methods.base import CODE_KINDS, INPUTS, SHARD_INPUTS, VIEW_INPUTS, HashingMethod, MethodConfig
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,15 @@ def config_classes() -> dict[str, type[MethodConfig]]:
     return {name: entry.config_cls for name, entry in _REGISTRY.items()}
 
 
-def build_method(cfg: MethodConfig, nbits: int, feature_dim: int = 0) -> HashingMethod:
-    """The method ``cfg.name`` names, for codes of ``nbits`` from features of ``feature_dim``."""
+def build_method(cfg: MethodConfig, nbits: int, feature_dim: int = 0, input_dim: int = 0) -> HashingMethod:
+    """The method ``cfg.name`` names, for codes of ``nbits`` from features of ``feature_dim``.
+
+    ``input_dim`` (a model input's flattened width) goes only to a method that declares ``"inputs"``
+    in its ``loss_inputs``, so the constructors of methods that never see an input stay as they are.
+    """
     entry = method_entry(cfg.name)
     if not isinstance(cfg, entry.config_cls):
         raise TypeError(f"method {cfg.name!r} takes a {entry.config_cls.__name__}, got a {type(cfg).__name__}")
+    if INPUTS in entry.method_cls.loss_inputs:
+        return entry.method_cls(cfg, nbits, feature_dim, input_dim=input_dim)
     return entry.method_cls(cfg, nbits, feature_dim)

@@ -1,4 +1,10 @@
-"""The hash model: a registered backbone, then a head to ``bits`` continuous codes in (-1, 1)."""
+"""The hash model: a registered backbone, then a head to continuous codes in (-1, 1).
+
+The head's width is ``bits`` (one sign per bit) unless ``embed_dim`` says otherwise: a PQ method
+trains an embedding of M sub-spaces of d_sub dims and quantises it, so its width is M * d_sub
+whatever the code length. The trainer sets ``embed_dim`` from the method (``embedding_dim``), and
+the checkpoint's config carries it, so whatever rebuilds the model rebuilds the same head.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ class ModelConfig:
     image_size: int = 0  # 0: the backbone's own input size
     channels: int = 0  # 0: the backbone's own channel count
     head_hidden: int = 0  # 0: a single linear layer, as in DSCH's released scripts
+    embed_dim: int = 0  # width of h; 0: bits. Set by the trainer for a method that trains another width
     mean: tuple[float, ...] = ()  # empty: the backbone's normalisation
     std: tuple[float, ...] = ()
 
@@ -47,7 +54,7 @@ class HashOutput:
     """A batch through the model: codes ``h``, and where asked the backbone's pooled features
     (what the head sees) and its last spatial feature map."""
 
-    h: torch.Tensor  # (B, bits) in (-1, 1)
+    h: torch.Tensor  # (B, embed_dim or bits) in (-1, 1)
     features: torch.Tensor | None = None  # (B, feature_dim)
     feature_map: torch.Tensor | None = None  # (B, C, H, W)
 
@@ -56,6 +63,8 @@ class HashModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         check_nbits(cfg.bits)
+        if cfg.embed_dim < 0:
+            raise ValueError(f"model.embed_dim must be >= 0 (0: bits), got {cfg.embed_dim}")
         self.cfg = cfg
         self.input = input_spec(cfg)
         self.backbone, feature_dim = create_backbone(
@@ -67,14 +76,19 @@ class HashModel(nn.Module):
                 nn.Linear(feature_dim, cfg.head_hidden),
                 nn.BatchNorm1d(cfg.head_hidden),
                 nn.ReLU(inplace=True),
-                nn.Linear(cfg.head_hidden, cfg.bits),
+                nn.Linear(cfg.head_hidden, self.embed_dim),
             )
         else:
-            self.head = nn.Linear(feature_dim, cfg.bits)
+            self.head = nn.Linear(feature_dim, self.embed_dim)
 
     @property
     def nbits(self) -> int:
         return self.cfg.bits
+
+    @property
+    def embed_dim(self) -> int:
+        """The width of h: ``bits`` for binary codes, a PQ method's M * d_sub."""
+        return self.cfg.embed_dim or self.cfg.bits
 
     @property
     def has_feature_map(self) -> bool:

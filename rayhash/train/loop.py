@@ -6,6 +6,7 @@ plain process: the E-step's collectives become identities and checkpoints go str
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import tempfile
@@ -22,8 +23,8 @@ from rayhash.data.images import LabeledImages
 from rayhash.data.sources import load_source
 from rayhash.data.splits import Split, protocol_split, random_split
 from rayhash.data.transforms import TwoViewAugment, eval_batch_transform
-from rayhash.methods import HashingMethod, ShardInputs, ViewBatch, build_method
-from rayhash.methods.base import CODES, FEATURE_MAPS, FEATURES
+from rayhash.methods import HashingMethod, ShardInputs, ViewBatch, build_method, method_entry
+from rayhash.methods.base import CODES, FEATURE_MAPS, FEATURES, INPUTS
 from rayhash.models import HashModel, backbones_with_feature_maps, build_model, checkpoint
 from rayhash.train.averaging import WeightAverage
 from rayhash.train.config import DataConfig, OptimConfig, TrainConfig
@@ -126,13 +127,15 @@ class TrainStep(nn.Module):
         self.method = method
         self.features = FEATURES in method.loss_inputs
         self.feature_map = FEATURE_MAPS in method.loss_inputs
+        self.inputs = INPUTS in method.loss_inputs
 
     def forward(self, views: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """``views``: both views stacked (all of view a, then all of view b)."""
         n = len(index)
+        x_a, x_b = (views[:n], views[n:]) if self.inputs else (None, None)
         if not (self.features or self.feature_map):
             h = self.model(views)
-            return self.method.loss(ViewBatch(h[:n], h[n:], index))
+            return self.method.loss(ViewBatch(h[:n], h[n:], index, inputs_a=x_a, inputs_b=x_b))
         out = self.model.outputs(views, features=self.features, feature_map=self.feature_map)
         f, m = out.features, out.feature_map
         batch = ViewBatch(
@@ -143,6 +146,8 @@ class TrainStep(nn.Module):
             features_b=None if f is None else f[n:],
             feature_maps_a=None if m is None else m[:n],
             feature_maps_b=None if m is None else m[n:],
+            inputs_a=x_a,
+            inputs_b=x_b,
         )
         return self.method.loss(batch)
 
@@ -153,6 +158,24 @@ def _check_backbone(cfg: TrainConfig, method: HashingMethod, model: HashModel) -
             f"method {cfg.method.name!r} needs the backbone's spatial feature maps and backbone "
             f"{cfg.model.backbone!r} has none; backbones with one: {', '.join(backbones_with_feature_maps())}"
         )
+
+
+def with_method_embedding(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``model.embed_dim`` set to the width of h the method trains, where that is not ``bits``.
+
+    A binary method keeps ``embed_dim`` 0 (its config and weights exactly as before); a PQ method gets
+    M * d_sub, which the checkpoint's config then carries. A width set by hand must agree.
+    """
+    want = method_entry(cfg.method.name).method_cls.embedding_dim(cfg.method, cfg.model.bits)
+    have = cfg.model.embed_dim or cfg.model.bits
+    if cfg.model.embed_dim and have != want:
+        raise ValueError(
+            f"model.embed_dim={cfg.model.embed_dim} but method {cfg.method.name!r} trains an embedding of "
+            f"{want} dims at {cfg.model.bits} bits; leave model.embed_dim at 0 and the trainer sets it"
+        )
+    if want == cfg.model.bits or have == want:
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, embed_dim=want))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
@@ -172,6 +195,7 @@ def run_rounds(
 ) -> None:
     """Train ``cfg.run.rounds`` rounds on this worker's shard; ``report(metrics, payload)`` saves each round."""
     rank, world = dist.rank(), dist.world_size()
+    cfg = with_method_embedding(cfg)
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     if cfg.run.torch_threads:
         torch.set_num_threads(cfg.run.torch_threads)
@@ -179,7 +203,9 @@ def run_rounds(
     shard_positions = np.asarray(split.train)[rank::world]
     shard = data.images[shard_positions]
     model = build_model(cfg.model).to(device)
-    method: HashingMethod = build_method(cfg.method, cfg.model.bits, model.feature_dim)
+    spec = model.input
+    input_dim = spec.channels * spec.image_size**2
+    method: HashingMethod = build_method(cfg.method, cfg.model.bits, model.feature_dim, input_dim)
     _check_backbone(cfg, method, model)
     if method.module is not None:
         method.module.to(device)
@@ -221,7 +247,6 @@ def run_rounds(
     # DDP under Ray Train; the bare model encodes for the E-step.
     train_step = wrap_model(TrainStep(model, method))
 
-    spec = model.input
     a = cfg.augment
     augment = TwoViewAugment(
         spec.image_size,

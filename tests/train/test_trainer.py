@@ -26,6 +26,8 @@ METHOD_KEYS = {
     "dsch": ["--method.name=dsch", "--method.fine_components=8", "--method.coarse_components=3"],
     "dcuh": ["--method.name=dcuh", "--method.clusters=8"],
     "psch": ["--method.name=psch", "--method.clusters=8"],
+    # M = 2 sub-spaces of 4 dims (z has 8), 8 codewords each, a small decoder back to 28 x 28 pixels
+    "deepquan": ["--method.name=deepquan", "--method.codewords=8", "--method.d_sub=4", "--method.decoder_hidden=16"],
 }
 
 
@@ -58,22 +60,32 @@ def _method_state(ckpt: checkpoint.Checkpoint) -> dict[str, tuple]:
     }
 
 
-@pytest.mark.parametrize("method", ["dcuh", "psch"])
+@pytest.mark.parametrize("method", ["dcuh", "psch", "deepquan"])
 def test_each_method_checkpoints_its_state_and_resumes(ray_cluster, tmp_path, method):
     feature_dim = build_model(load(TrainConfig, None, TINY).model).feature_dim
-    # After round 1's E-step clustered every worker's features into one set of 8 clusters: DCUH's
-    # cosine classifier (8 clusters x 16 bits) and feature-space centres; PSCH's centres and the
-    # distance threshold of each cluster (it has no module).
+    # After round 1's E-step clustered every worker's outputs: DCUH's cosine classifier (8 clusters
+    # x 16 bits) and feature-space centres; PSCH's centres and the distance threshold of each
+    # cluster (it has no module); DeepQuan's decoder (8 -> 16 -> 16 -> 784) and codebooks (M, K, d_sub).
     want = {
         "dcuh": {"module weight": (8, 16), "em centers": (8, feature_dim)},
         "psch": {"em centers": (8, feature_dim), "em thresholds": (8,)},
+        "deepquan": {
+            **{f"module {i}.weight": shape for i, shape in ((0, (16, 8)), (2, (16, 16)), (4, (784, 16)))},
+            **{f"module {i}.bias": (width,) for i, width in ((0, 16), (2, 16), (4, 784))},
+            "em codebooks": (2, 8, 4),
+        },
     }[method]
+    sized = {"dcuh": ("clusters", 8), "psch": ("clusters", 8), "deepquan": ("codewords", 8)}[method]
+    kind, embed_dim = ("pq", 8) if method == "deepquan" else ("binary", 0)
     name = f"{method}-two"
     first = run_training(_cfg(tmp_path, name, "--run.num_workers=2", "--run.rounds=2", method=method))
     ckpt = checkpoint.load(first.checkpoint)
     assert ckpt.progress["round"] == 1 and ckpt.progress["resumes"] == []
-    assert ckpt.config["method"]["name"] == method and ckpt.config["method"]["clusters"] == 8
-    assert ckpt.code_kind == "binary"  # the method's kind travels with the weights
+    assert ckpt.config["method"]["name"] == method and ckpt.config["method"][sized[0]] == sized[1]
+    assert ckpt.code_kind == kind  # the method's kind travels with the weights
+    # the head's width: bits for a binary method, M * d_sub for DeepQuan (the resolved config says so)
+    assert ckpt.config["model"]["embed_dim"] == embed_dim
+    assert ckpt.model["head.weight"].shape == (embed_dim or 16, feature_dim)
     assert _method_state(ckpt) == want
 
     # The job is submitted again under the same name with one more round: it goes on from round 2.
@@ -84,7 +96,7 @@ def test_each_method_checkpoints_its_state_and_resumes(ray_cluster, tmp_path, me
     )
     resumed = checkpoint.load(second.checkpoint)
     assert rounds_seen == [2] and resumed.progress["round"] == 2 and resumed.progress["resumes"] == [2]
-    assert _method_state(resumed) == want and resumed.code_kind == "binary"
+    assert _method_state(resumed) == want and resumed.code_kind == kind
 
 
 def _kill_a_worker_after_round(round_index: int, test_pid: int, record: str):
