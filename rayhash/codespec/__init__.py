@@ -7,6 +7,10 @@ records it. Only a kind in ``WRITABLE_KINDS`` can be written into a code set, in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
+
 # "pq" has its spec (codespec.pq) and index builders, but the code set, encode job, serve app
 # and metrics do not carry codebooks yet.
 WRITABLE_KINDS = ("binary",)
@@ -21,3 +25,19 @@ def check_writable(code_kind: str, source: str = "") -> str:
             "(product-quantised codes are not carried through the code set and serve app yet)"
         )
     return code_kind
+
+
+def parse_hex(texts: list[str], nbytes: int, wrong_length: Callable[[int, str], str]) -> np.ndarray:
+    """Hex strings of exactly ``2 * nbytes`` digits as uint8 ``(n, nbytes)``; a ``ValueError`` names
+    the bad one, with ``wrong_length(i, text)`` as the message for a string of the wrong length."""
+    out = np.empty((len(texts), nbytes), dtype=np.uint8)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"code {i} must be a hex string, got {type(text).__name__}")
+        if len(text) != 2 * nbytes:
+            raise ValueError(wrong_length(i, text))
+        try:
+            out[i] = np.frombuffer(bytes.fromhex(text), dtype=np.uint8)
+        except ValueError:
+            raise ValueError(f"code {i} is not valid hex: {text!r}") from None
+    return out

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rayhash.codespec import parse_hex
+
 if TYPE_CHECKING:  # torch loads lazily: Serve's shard and ingress replicas never need it
     import torch
 
@@ -51,20 +53,14 @@ def to_hex(codes: np.ndarray) -> list[str]:
 def from_hex(texts: list[str], nbits: int) -> np.ndarray:
     """Parse hex strings of exactly ``nbits / 4`` digits; raise ``ValueError`` saying which is bad."""
     nbytes = check_nbits(nbits) // 8
-    out = np.empty((len(texts), nbytes), dtype=np.uint8)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ValueError(f"code {i} must be a hex string, got {type(text).__name__}")
-        if len(text) != 2 * nbytes:
-            raise ValueError(
-                f"code {i} has {len(text)} hex digits ({len(text) * 4} bits); this index holds "
-                f"{nbits}-bit codes, i.e. {2 * nbytes} hex digits"
-            )
-        try:
-            out[i] = np.frombuffer(bytes.fromhex(text), dtype=np.uint8)
-        except ValueError:
-            raise ValueError(f"code {i} is not valid hex: {text!r}") from None
-    return out
+    return parse_hex(
+        texts,
+        nbytes,
+        lambda i, text: (
+            f"code {i} has {len(text)} hex digits ({len(text) * 4} bits); this index holds "
+            f"{nbits}-bit codes, i.e. {2 * nbytes} hex digits"
+        ),
+    )
 
 
 def hamming(queries: np.ndarray, database: np.ndarray) -> np.ndarray:

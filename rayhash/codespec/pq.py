@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rayhash import storage
+from rayhash.codespec import parse_hex
 
 KIND = "pq"
 _NPY_MAGIC = b"\x93NUMPY"
@@ -221,21 +222,16 @@ def to_hex(codes: np.ndarray) -> list[str]:
 
 def from_hex(texts: list[str], m: int, k: int = 256) -> np.ndarray:
     """Parse hex strings of exactly ``2 * m`` digits into uint8 ``(n, m)``; ``ValueError`` says which is bad."""
-    out = np.empty((len(texts), m), dtype=np.uint8)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ValueError(f"code {i} must be a hex string, got {type(text).__name__}")
-        if len(text) != 2 * m:
-            raise ValueError(
-                f"code {i} has {len(text)} hex digits; this index holds PQ codes of M={m} bytes, "
-                f"i.e. {2 * m} hex digits"
-            )
-        try:
-            out[i] = np.frombuffer(bytes.fromhex(text), dtype=np.uint8)
-        except ValueError:
-            raise ValueError(f"code {i} is not valid hex: {text!r}") from None
-        if k < 256 and int(out[i].max()) >= k:
-            raise ValueError(f"code {i} names centroid {int(out[i].max())}, but each sub-space has K={k}")
+    out = parse_hex(
+        texts,
+        m,
+        lambda i, text: (
+            f"code {i} has {len(text)} hex digits; this index holds PQ codes of M={m} bytes, i.e. {2 * m} hex digits"
+        ),
+    )
+    if k < 256 and len(out) and int(out.max()) >= k:
+        i = int(np.argmax((out >= k).any(axis=1)))
+        raise ValueError(f"code {i} names centroid {int(out[i].max())}, but each sub-space has K={k}")
     return out
 
 
