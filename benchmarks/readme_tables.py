@@ -115,29 +115,33 @@ def quality_status(runs: dict[tuple[str, int], list[float]]) -> str:
 
 
 def controls_status(runs: dict[tuple[str, int], list[float]], method: str) -> str:
-    """One sentence: at which lengths ``method``'s mean is ahead of ITQ's and of its ablation's."""
+    """One sentence: at which lengths ``method``'s mean is ahead of, or behind, ITQ's and its ablation's."""
     label = METHOD_LABELS[method]
     controls = {"ITQ": METHOD_LABELS["itq"], "its ablation": METHOD_LABELS[f"{method}-ablation"]}
-    ahead, behind, alone, empty = [], [], [], []
-    for b in BITS:
-        if not runs.get((label, b)):
-            empty.append(f"{b} bits")
-            continue
-        mean = statistics.mean(runs[(label, b)])
-        means = {name: statistics.mean(runs[(c, b)]) for name, c in controls.items() if runs.get((c, b))}
-        if len(means) < len(controls):
-            alone.append(f"{b} bits")
-        elif any(m >= mean for m in means.values()):
-            against = _and([f"{name} {m:.3f}" for name, m in means.items() if m >= mean])
-            behind.append(f"{b} bits ({mean:.3f} against {against})")
-        else:
-            ahead.append(f"{b} bits")
-    if len(empty) == len(BITS):
+    present = [b for b in BITS if runs.get((label, b))]
+    if not present:
         return f"{label} has no rows yet."
-    parts = [f"is ahead of ITQ and of its ablation at {_and(ahead)}"] if ahead else []
-    parts += [f"is not at {_and(behind)}"] if behind else []
-    parts += [f"has no control rows to compare with at {_and(alone)}"] if alone else []
-    return f"{label} {', and '.join(parts)}" + (f"; no rows at {_and(empty)}." if empty else ".")
+    clauses = []
+    for name, control in controls.items():
+        ahead, behind, alone = [], [], []
+        for b in present:
+            mean = statistics.mean(runs[(label, b)])
+            if not runs.get((control, b)):
+                alone.append(f"{b} bits")
+                continue
+            theirs = statistics.mean(runs[(control, b)])
+            if mean > theirs:
+                ahead.append(f"{b} bits")
+            else:
+                behind.append(f"{b} bits ({mean:.3f} against {theirs:.3f})")
+        if ahead:
+            clauses.append(f"ahead of {name} at {_and(ahead)}")
+        if behind:
+            clauses.append(f"behind {name} at {_and(behind)}")
+        if alone:
+            clauses.append(f"without {name} rows to compare with at {_and(alone)}")
+    empty = [f"{b} bits" for b in BITS if b not in present]
+    return f"{label} is {'; '.join(clauses)}" + (f"; no rows at {_and(empty)}." if empty else ".")
 
 
 def _and(items: list[str]) -> str:

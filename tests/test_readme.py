@@ -115,8 +115,9 @@ def test_every_method_gets_a_row_and_a_sentence_against_its_controls():
     for label in ("PSCH", "PSCH ablation (hard 0/1 targets)"):  # no rows yet: dashes
         assert lines[f"| {label}"] == f"| {label} | {t.DASH} | {t.DASH} | {t.DASH} |"
     assert (
-        "DCUH is ahead of ITQ and of its ablation at 16 bits, and is not at 32 bits (0.620 against its "
-        "ablation 0.650), and has no control rows to compare with at 64 bits." in table
+        "DCUH is ahead of ITQ at 16 bits and 32 bits; without ITQ rows to compare with at 64 bits; "
+        "ahead of its ablation at 16 bits; behind its ablation at 32 bits (0.620 against 0.650); "
+        "without its ablation rows to compare with at 64 bits." in table
     )
     assert "PSCH has no rows yet." in table
 
