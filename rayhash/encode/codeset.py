@@ -203,7 +203,7 @@ def commit(
         if code_spec:
             raise ValueError(f"a code spec is for pq codes; {code_kind} codes are described by nbits")
     elif not code_spec or "codebooks" not in code_spec:
-        raise ValueError("pq codes need their code spec and codebooks file (write_codebooks) in the manifest")
+        raise ValueError("'pq' codes need their code spec and codebooks file (write_codebooks) in the manifest")
     body = {
         "format_version": FORMAT_VERSION,
         "kind": KIND,
