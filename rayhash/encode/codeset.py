@@ -53,9 +53,6 @@ RUNS_DIR = "runs"
 ERRORS_SCHEMA = pa.schema([("source", pa.string()), ("reason", pa.string()), ("message", pa.string())])
 _HEALTH_CHUNK = 1 << 18  # rows unpacked at a time when accumulating bit statistics
 CODEBOOKS_FILE = "codebooks.npy"
-# The kinds a code set stores. The encode job writes only codespec.WRITABLE_KINDS; a pq code set
-# is written from memory (write_codeset) until it writes pq codes too.
-CODESET_KINDS = ("binary", pq_lib.KIND)
 
 
 def codes_schema(nbits: int) -> pa.Schema:

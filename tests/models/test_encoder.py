@@ -83,12 +83,12 @@ def test_pq_encoder_gives_the_nearest_codeword_of_each_sub_space(tmp_path):
     assert encoder.encode(images[:0]).shape == (0, 2)
 
 
-def test_encode_job_refuses_a_pq_checkpoint_before_any_work(tmp_path):
+def test_encode_job_refuses_a_pq_checkpoint_without_codebooks_before_any_work(tmp_path):
     uri, _ = _checkpoint(str(tmp_path / "pq"), "pq")
     out = tmp_path / "codes"
     # The input does not exist: a job that went past the kind check would fail on it instead.
     cfg = EncodeConfig(input=str(tmp_path / "no-lake"), checkpoint=uri, output=str(out), progress=False)
-    with pytest.raises(ConfigError, match=r"'checkpoint': checkpoint .*pq.* gives 'pq' codes.*binary"):
+    with pytest.raises(ConfigError, match=r"'checkpoint': checkpoint .*pq gives pq codes but holds no codebooks"):
         run_encode(cfg)
     assert not out.exists()
 
