@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-# "pq" has its spec (codespec.pq) and index builders, but the code set, encode job, serve app
-# and metrics do not carry codebooks yet.
+# The kinds the main job carries from training to the serve app. "pq" code sets and index sets
+# are written (the encode job, the index build), but the serve app and metrics do not take them yet.
 WRITABLE_KINDS = ("binary",)
 
 
@@ -22,7 +22,7 @@ def check_writable(code_kind: str, source: str = "") -> str:
         where = f"{source} gives" if source else "got"
         raise ValueError(
             f"{where} {code_kind!r} codes; rayhash writes only {', '.join(WRITABLE_KINDS)} codes so far "
-            "(product-quantised codes are not carried through the code set and serve app yet)"
+            "(product-quantised codes are not carried through the serve app yet)"
         )
     return code_kind
 

@@ -1,12 +1,15 @@
-"""The code set artifact: Parquet shards of binary codes, committed by a manifest written last.
+"""The code set artifact: Parquet shards of codes, committed by a manifest written last.
 
-The manifest records the kind of its codes (``code_kind``, from the checkpoint); a kind without
-a writable spec (:mod:`rayhash.codespec`) is refused before anything is written.
+The manifest records the kind of its codes (``code_kind``, from the checkpoint) and what a code
+is (:mod:`rayhash.codespec`): ``binary`` codes by ``nbits`` alone; ``pq`` codes by their spec
+(``code_spec``: M, K, d_sub) and a codebooks file beside the shards, whose SHA-256 the manifest
+records and :func:`read_spec` checks before a byte of it is parsed.
 
 A code set is a directory (local or ``s3://``)::
 
     manifest.json                        the commit; readers go only through it
-    runs/<key>/codes-00000.parquet       id: string, code: fixed_size_binary[nbits/8], source: string
+    runs/<key>/codes-00000.parquet       id: string, code: fixed_size_binary[nbits/8 or M], source: string
+    runs/<key>/codebooks.npy             pq only: float32 (M, K, d_sub), never unpickled
     runs/<key>/errors-00000.parquet      source, reason, message (inputs that were rejected)
 
 Shards of one write live under their own ``runs/<key>/`` directory, so writing a new version
@@ -29,7 +32,7 @@ import io
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +42,7 @@ import pyarrow.parquet as pq
 from rayhash import storage
 from rayhash.codespec import binary as codes_lib
 from rayhash.codespec import check_writable
+from rayhash.codespec import pq as pq_lib
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +52,16 @@ MANIFEST_FILE = "manifest.json"
 RUNS_DIR = "runs"
 ERRORS_SCHEMA = pa.schema([("source", pa.string()), ("reason", pa.string()), ("message", pa.string())])
 _HEALTH_CHUNK = 1 << 18  # rows unpacked at a time when accumulating bit statistics
+CODEBOOKS_FILE = "codebooks.npy"
 
 
 def codes_schema(nbits: int) -> pa.Schema:
-    return pa.schema(
-        [("id", pa.string()), ("code", pa.binary(codes_lib.check_nbits(nbits) // 8)), ("source", pa.string())]
-    )
+    return bytes_schema(codes_lib.check_nbits(nbits) // 8)
+
+
+def bytes_schema(nbytes: int) -> pa.Schema:
+    """The shard schema for codes of ``nbytes`` bytes (``nbits / 8`` binary, M for pq)."""
+    return pa.schema([("id", pa.string()), ("code", pa.binary(int(nbytes))), ("source", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,13 @@ class CodeSetManifest:
     sha256: str = ""  # of the manifest file's bytes: what an index set records as its source
     format_version: int = FORMAT_VERSION
     code_kind: str = "binary"  # a manifest without one was written when every code was binary
+    # pq: PQSpec.to_dict() plus "codebooks": {"path", "sha256"}; empty for binary codes
+    code_spec: dict = field(default_factory=dict)
+
+    @property
+    def code_bytes(self) -> int:
+        """Bytes per code: ``nbits / 8`` for binary codes, M for pq codes."""
+        return int(self.code_spec["m"]) if self.code_kind == pq_lib.KIND else self.nbits // 8
 
     def shard_uri(self, shard: ShardInfo) -> str:
         return storage.join(self.uri, shard.path)
@@ -115,12 +130,24 @@ def codes_from_arrow(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return data[start : start + len(column) * nbytes].reshape(len(column), nbytes)
 
 
-def codes_table(ids: Sequence[str], codes: np.ndarray, sources: Sequence[str], nbits: int) -> pa.Table:
+def bytes_to_arrow(codes: np.ndarray, nbytes: int) -> pa.FixedSizeBinaryArray:
+    """``uint8 (n, nbytes)`` -> ``fixed_size_binary[nbytes]`` without a copy per row."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    if codes.ndim != 2 or codes.shape[1] != nbytes:
+        raise ValueError(f"codes must be uint8 of shape (n, {nbytes}), got {codes.shape}")
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(nbytes), len(codes), [None, pa.py_buffer(codes.tobytes())])
+
+
+def codes_table(
+    ids: Sequence[str], codes: np.ndarray, sources: Sequence[str], nbits: int, *, nbytes: int | None = None
+) -> pa.Table:
+    """One shard's rows; ``nbytes`` (pq: M) replaces the width ``nbits / 8`` of binary codes."""
     if not len(ids) == len(codes) == len(sources):
         raise ValueError(f"ids, codes and sources differ in length: {len(ids)}, {len(codes)}, {len(sources)}")
+    column = codes_to_arrow(codes, nbits) if nbytes is None else bytes_to_arrow(codes, nbytes)
     return pa.Table.from_arrays(
-        [pa.array(list(ids), pa.string()), codes_to_arrow(codes, nbits), pa.array(list(sources), pa.string())],
-        schema=codes_schema(nbits),
+        [pa.array(list(ids), pa.string()), column, pa.array(list(sources), pa.string())],
+        schema=bytes_schema(column.type.byte_width),
     )
 
 
@@ -163,14 +190,23 @@ def commit(
     counts: dict,
     health: dict,
     code_kind: str = "binary",
+    code_spec: dict | None = None,
 ) -> CodeSetManifest:
-    """Write ``manifest.json`` (one atomic write): from here on the code set is these shards."""
-    check_writable(code_kind, f"checkpoint {checkpoint_uri}")
+    """Write ``manifest.json`` (one atomic write): from here on the code set is these shards.
+
+    ``code_spec`` is what :func:`write_codebooks` returned, for pq codes only."""
+    if code_kind != pq_lib.KIND:
+        check_writable(code_kind, f"checkpoint {checkpoint_uri}")
+        if code_spec:
+            raise ValueError(f"a code spec is for pq codes; {code_kind} codes are described by nbits")
+    elif not code_spec or "codebooks" not in code_spec:
+        raise ValueError("'pq' codes need their code spec and codebooks file (write_codebooks) in the manifest")
     body = {
         "format_version": FORMAT_VERSION,
         "kind": KIND,
         "code_kind": code_kind,
         "nbits": int(nbits),
+        **({"code_spec": code_spec} if code_spec else {}),
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "checkpoint": {"uri": checkpoint_uri, "sha256": checkpoint_sha256},
         "config": config,
@@ -191,31 +227,48 @@ def commit(
     return _parse(codeset_uri, text.encode("utf-8"))
 
 
+def write_codebooks(codeset_uri: str, run: str, spec: pq_lib.PQSpec) -> dict:
+    """Write ``spec``'s codebooks beside a run's shards; returns the manifest's ``code_spec``."""
+    path = f"{run}/{CODEBOOKS_FILE}"
+    sha256 = pq_lib.save_codebooks(storage.join(codeset_uri, path), spec)
+    return {**spec.to_dict(), "codebooks": {"path": path, "sha256": sha256}}
+
+
 def write_codeset(
     uri: str,
     *,
     ids: Sequence[str],
     codes: np.ndarray,
     sources: Sequence[str],
-    nbits: int,
+    nbits: int | None = None,
     checkpoint_uri: str,
     checkpoint_sha256: str,
     config: dict,
     errors: pa.Table | Sequence[tuple[str, str, str]] | None = None,
     rows_per_shard: int = 1_000_000,
+    spec: pq_lib.PQSpec | None = None,
 ) -> CodeSetManifest:
-    """Write a whole code set from memory (same layout as the Ray encode job) and commit it."""
+    """Write a whole code set from memory (same layout as the Ray encode job) and commit it.
+
+    Binary codes are described by ``nbits``; pq codes (uint8 ``(n, M)``) by their ``spec``,
+    whose codebooks are written beside the shards."""
     if rows_per_shard <= 0:
         raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
+    if (spec is None) == (nbits is None):
+        raise ValueError("give nbits for binary codes or spec for pq codes (exactly one)")
     codes = np.asarray(codes, dtype=np.uint8)
-    table = codes_table(ids, codes, sources, nbits)
+    if spec is not None:
+        codes = pq_lib.check_codes(spec, codes)
+        nbits = spec.nbits
+    table = codes_table(ids, codes, sources, nbits, nbytes=None if spec is None else spec.m)
     if len(set(table["id"].to_pylist())) != table.num_rows:
         raise ValueError("ids must be unique within a code set")
     err = errors_table(errors if errors is not None else [])
     # Content-addressed run directory: rewriting the same set rewrites identical files, and a
     # different set never overwrites shards that the committed manifest points to.
     h = hashlib.sha256(checkpoint_sha256.encode())
-    for part in ("\0".join(ids), codes.tobytes(), "\0".join(sources), str(err.to_pylist())):
+    book = b"" if spec is None else pq_lib.codebooks_bytes(spec)
+    for part in ("\0".join(ids), codes.tobytes(), "\0".join(sources), str(err.to_pylist()), book):
         h.update(part if isinstance(part, bytes) else part.encode())
     run = f"{RUNS_DIR}/{h.hexdigest()[:16]}"
     shards = [
@@ -224,6 +277,7 @@ def write_codeset(
     ]
     err_shards = [write_shard(uri, f"{run}/errors-00000.parquet", err)] if err.num_rows else []
     counts = {"inputs": table.num_rows + err.num_rows, "encoded": table.num_rows, "rejected": err.num_rows}
+    kind = {} if spec is None else {"code_kind": pq_lib.KIND, "code_spec": write_codebooks(uri, run, spec)}
     return commit(
         uri,
         nbits=nbits,
@@ -233,7 +287,8 @@ def write_codeset(
         shards=shards,
         errors=err_shards,
         counts=counts,
-        health=code_health(codes, nbits),
+        health=code_health(codes, nbits) if spec is None else pq_health(spec, codes),
+        **kind,
     )
 
 
@@ -269,6 +324,7 @@ def _parse(codeset_uri: str, data: bytes) -> CodeSetManifest:
         sha256=storage.sha256_bytes(data),
         format_version=body["format_version"],
         code_kind=body.get("code_kind", "binary"),
+        code_spec=body.get("code_spec", {}),
     )
 
 
@@ -300,19 +356,20 @@ def read_shard(manifest_or_uri: CodeSetManifest | str, i: int, verify: bool = Tr
     m = _as_manifest(manifest_or_uri)
     shard = m.shards[i]
     table = _read_parquet(m.shard_uri(shard), shard, verify)
-    want = codes_schema(m.nbits)
+    want = bytes_schema(m.code_bytes)
     if not table.schema.equals(want):
-        raise ValueError(f"{m.shard_uri(shard)}: schema {table.schema} is not a {m.nbits}-bit code shard ({want})")
+        what = f"{m.nbits}-bit" if m.code_kind == "binary" else f"{m.code_kind} (M={m.code_bytes})"
+        raise ValueError(f"{m.shard_uri(shard)}: schema {table.schema} is not a {what} code shard ({want})")
     return table
 
 
 def read_codes(
     manifest_or_uri: CodeSetManifest | str, verify: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(ids, codes uint8 (n, nbits/8), sources)`` of every shard, in manifest order."""
+    """``(ids, codes uint8 (n, nbits/8 or M), sources)`` of every shard, in manifest order."""
     m = _as_manifest(manifest_or_uri)
     tables = [read_shard(m, i, verify) for i in range(len(m.shards))]
-    table = pa.concat_tables(tables) if tables else codes_schema(m.nbits).empty_table()
+    table = pa.concat_tables(tables) if tables else bytes_schema(m.code_bytes).empty_table()
     ids = np.array(table["id"].to_pylist(), dtype=object)
     sources = np.array(table["source"].to_pylist(), dtype=object)
     return ids, codes_from_arrow(table["code"]).copy(), sources
@@ -323,6 +380,17 @@ def read_errors(manifest_or_uri: CodeSetManifest | str, verify: bool = True) -> 
     m = _as_manifest(manifest_or_uri)
     tables = [_read_parquet(m.shard_uri(s), s, verify) for s in m.errors]
     return pa.concat_tables(tables).cast(ERRORS_SCHEMA) if tables else ERRORS_SCHEMA.empty_table()
+
+
+def read_spec(manifest_or_uri: CodeSetManifest | str) -> pq_lib.PQSpec | None:
+    """The pq spec of a pq code set, its codebooks read only once their SHA-256 matches the
+    manifest's (:class:`rayhash.storage.ChecksumError` otherwise); None for binary codes."""
+    m = _as_manifest(manifest_or_uri)
+    if m.code_kind != pq_lib.KIND:
+        return None
+    book = m.code_spec["codebooks"]
+    spec = {k: v for k, v in m.code_spec.items() if k != "codebooks"}
+    return pq_lib.load_codebooks(storage.join(m.uri, book["path"]), book["sha256"], spec)
 
 
 # --- code health -----------------------------------------------------------------------------
@@ -358,4 +426,20 @@ def code_health(codes: np.ndarray, nbits: int) -> dict[str, Any]:
         "bit_balance": [round(float(x), 6) for x in p],
         "mean_abs_bit_correlation": float(np.abs(corr[pairs]).mean()) if nbits > 1 else 0.0,
         "max_items_per_code": int(counts.max()),
+    }
+
+
+def pq_health(spec: pq_lib.PQSpec, codes: np.ndarray) -> dict[str, Any]:
+    """How many codes pick each centroid of each sub-space, how many centroids each sub-space
+    uses, and the largest bucket: healthy codes use most centroids, evenly."""
+    usage = pq_lib.centroid_usage(spec, codes)
+    codes = np.ascontiguousarray(codes)
+    largest = 0
+    if len(codes):
+        _, counts = np.unique(codes.view(np.dtype((np.void, spec.m))).ravel(), return_counts=True)
+        largest = int(counts.max())
+    return {
+        "centroid_usage": usage.tolist(),
+        "used_centroids": [int(u) for u in (usage > 0).sum(axis=1)],
+        "max_items_per_code": largest,
     }

@@ -21,6 +21,7 @@ import ray
 from tqdm.auto import tqdm
 
 from rayhash.codespec import check_writable
+from rayhash.codespec import pq as pq_lib
 from rayhash.config import ConfigError, from_dict, to_dict
 from rayhash.encode import codeset, inputs, staging
 from rayhash.encode.config import EncodeConfig
@@ -74,7 +75,7 @@ class EncodeImages:
         return pa.table(
             {
                 "id": batch["id"],
-                "code": pa.array(codes, pa.binary(self.encoder.nbits // 8)),
+                "code": pa.array(codes, pa.binary(self.encoder.code_bytes)),
                 "source": batch["source"],
                 "chunk": batch["chunk"],
                 "reason": batch["reason"],
@@ -171,12 +172,15 @@ def run_encode(cfg: EncodeConfig, *, on_staged: Callable[[int, int], None] | Non
     """
     started = time.perf_counter()
     ckpt = checkpoint.load(cfg.checkpoint)
-    try:
-        check_writable(ckpt.code_kind, f"checkpoint {ckpt.uri}")
-    except ValueError as e:  # before any image is read: the job's checkpoint is the wrong kind for it
+    try:  # before any image is read: the job's checkpoint is the wrong kind for it
+        spec = _pq_spec(ckpt) if ckpt.code_kind == pq_lib.KIND else None
+        if spec is None:
+            check_writable(ckpt.code_kind, f"checkpoint {ckpt.uri}")
+    except ValueError as e:
         raise ConfigError(f"config key 'checkpoint': {e}") from None
     model_cfg = from_dict(ModelConfig, ckpt.config["model"])
-    nbits = model_cfg.bits
+    nbits = model_cfg.bits if spec is None else spec.nbits
+    width = model_cfg.bits // 8 if spec is None else spec.m  # bytes per code
     mode = "L" if input_spec(model_cfg).channels == 1 else "RGB"  # decode straight to what the model eats
     items = inputs.plan(cfg)
     run = staging.run_dir(ckpt.sha256, cfg)
@@ -189,7 +193,7 @@ def run_encode(cfg: EncodeConfig, *, on_staged: Callable[[int, int], None] | Non
     # Chunks an earlier attempt of this run staged, and whose files still prove it, are done.
     staged: dict[int, tuple[staging.StagedChunk, pa.Table]] = {}
     for i in range(len(chunks)):
-        if found := staging.load_chunk(cfg.output, run, i, fingerprints[i], nbits):
+        if found := staging.load_chunk(cfg.output, run, i, fingerprints[i], nbytes=width):
             staged[i] = found
     todo = {i: expected[i] for i in range(len(chunks)) if i not in staged}
     logger.info(
@@ -209,12 +213,12 @@ def run_encode(cfg: EncodeConfig, *, on_staged: Callable[[int, int], None] | Non
         ds = _dataset(cfg, pa.concat_tables([chunks[i] for i in todo]), ckpt, mode)
         batches = _progress(ds.iter_batches(batch_size=None, batch_format="pyarrow"), sum(todo.values()), cfg.progress)
         for i, rows in complete_chunks(batches, todo):
-            staged[i] = staging.stage_chunk(cfg.output, run, i, fingerprints[i], rows, nbits)
+            staged[i] = staging.stage_chunk(cfg.output, run, i, fingerprints[i], rows, nbytes=width)
             if on_staged:
                 on_staged(len(staged), len(chunks))
     elapsed = time.perf_counter() - stream_started
 
-    manifest = _commit(cfg, ckpt, run, nbits, [staged[i] for i in range(len(chunks))], sum(expected))
+    manifest = _commit(cfg, ckpt, run, nbits, [staged[i] for i in range(len(chunks))], sum(expected), spec)
     rate = sum(todo.values()) / elapsed if todo else 0.0
     logger.info(
         "encode done: %d encoded, %d rejected (%d inputs, %d reused from staged chunks) in %.1f s; "
@@ -236,6 +240,7 @@ def _commit(
     nbits: int,
     chunks: list[tuple[staging.StagedChunk, pa.Table]],
     num_inputs: int,
+    spec: pq_lib.PQSpec | None = None,
 ) -> codeset.CodeSetManifest:
     """Check that every input is in exactly one shard, then write the manifest."""
     all_codes = pa.concat_tables([codes for _, codes in chunks])
@@ -257,6 +262,18 @@ def _commit(
         shards=[c.codes for c, _ in chunks if c.codes],
         errors=[c.errors for c, _ in chunks if c.errors],
         counts={"inputs": num_inputs, "encoded": len(packed), "rejected": rejected},
-        health=codeset.code_health(packed, nbits),
+        health=codeset.code_health(packed, nbits) if spec is None else codeset.pq_health(spec, packed),
         code_kind=ckpt.code_kind,
+        code_spec=None if spec is None else codeset.write_codebooks(cfg.output, run, spec),
     )
+
+
+def _pq_spec(ckpt: checkpoint.Checkpoint) -> pq_lib.PQSpec:
+    """The codebooks a pq checkpoint's method learned (its em state), as the code set's spec."""
+    books = ckpt.em.get("codebooks")
+    if books is None:
+        raise ValueError(
+            f"checkpoint {ckpt.uri} gives pq codes but holds no codebooks: its method ran no E-step yet "
+            "(train past the warm-up rounds)"
+        )
+    return pq_lib.PQSpec.from_codebooks(books.float().numpy())

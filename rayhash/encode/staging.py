@@ -61,12 +61,13 @@ def _sidecar(run: str, index: int) -> str:
 
 
 def stage_chunk(
-    output: str, run: str, index: int, fingerprint: str, rows: pa.Table, nbits: int
+    output: str, run: str, index: int, fingerprint: str, rows: pa.Table, nbits: int = 0, *, nbytes: int = 0
 ) -> tuple[StagedChunk, pa.Table]:
     """Write one finished chunk (rows with ``id, code, source, reason, message``; a null code
     marks a rejected input); returns it and its codes table, sorted by id."""
     ok = pc.is_valid(rows["code"])
-    codes = rows.filter(ok).select(["id", "code", "source"]).sort_by("id").cast(codeset.codes_schema(nbits))
+    schema = codeset.bytes_schema(nbytes) if nbytes else codeset.codes_schema(nbits)
+    codes = rows.filter(ok).select(["id", "code", "source"]).sort_by("id").cast(schema)
     errors = codeset.errors_table(rows.filter(pc.invert(ok))).sort_by("source")
     if pc.count_distinct(codes["id"]).as_py() != codes.num_rows:
         raise ValueError(
@@ -83,8 +84,12 @@ def stage_chunk(
     return chunk, codes
 
 
-def load_chunk(output: str, run: str, index: int, fingerprint: str, nbits: int) -> tuple[StagedChunk, pa.Table] | None:
-    """A chunk staged earlier for the same inputs and still whole, with its codes; else None."""
+def load_chunk(
+    output: str, run: str, index: int, fingerprint: str, nbits: int = 0, *, nbytes: int = 0
+) -> tuple[StagedChunk, pa.Table] | None:
+    """A chunk staged earlier for the same inputs and still whole, with its codes; else None.
+    (Codes are ``nbits / 8`` bytes, or ``nbytes`` where given: pq codes are M bytes.)"""
+    schema = codeset.bytes_schema(nbytes) if nbytes else codeset.codes_schema(nbits)
     sidecar = storage.join(output, _sidecar(run, index))
     if not storage.exists(sidecar):
         return None
@@ -94,7 +99,7 @@ def load_chunk(output: str, run: str, index: int, fingerprint: str, nbits: int) 
         return None
     shards = {k: codeset.ShardInfo(**body[k]) if body[k] else None for k in ("codes", "errors")}
     chunk = StagedChunk(index, fingerprint, **shards)
-    codes = codeset.codes_schema(nbits).empty_table()
+    codes = schema.empty_table()
     for kind, shard in shards.items():
         if shard is None:
             continue
@@ -104,5 +109,5 @@ def load_chunk(output: str, run: str, index: int, fingerprint: str, nbits: int) 
             logger.warning("staged chunk %d is not whole (%s); encoding it again", index, e)
             return None
         if kind == "codes":
-            codes = pq.read_table(pa.BufferReader(data)).cast(codeset.codes_schema(nbits))
+            codes = pq.read_table(pa.BufferReader(data)).cast(schema)
     return chunk, codes

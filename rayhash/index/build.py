@@ -187,7 +187,13 @@ def _build(codeset_uri: str, out_uri: str, **options) -> indexset.IndexSetManife
             f"{cs.uri}: read {len(ids)} codes, the shards record {cs.num_codes} and counts.encoded "
             f"{expected}; the code set is inconsistent, re-run the encode job"
         )
-    shards, params = build_shards(ids, codes, cs.nbits, **options)
+    spec = codeset.read_spec(cs)  # pq: the codebooks, checked against the manifest's SHA-256
+    if spec is None:
+        shards, params = build_shards(ids, codes, cs.nbits, **options)
+    else:
+        from rayhash.index.pq import build_pq_shards  # it builds on this module's sort and cut
+
+        shards, params = build_pq_shards(ids, codes, spec, **options)
     built = sum(int(index.ntotal) for index, _ in shards)
     if built != expected:  # faiss adds whatever it is given; check nothing was lost on the way
         raise RuntimeError(f"built {built} index entries from a code set of {expected} codes")
@@ -201,6 +207,7 @@ def _build(codeset_uri: str, out_uri: str, **options) -> indexset.IndexSetManife
         codeset_manifest_sha256=cs.sha256,
         checkpoint_uri=cs.checkpoint_uri,
         checkpoint_sha256=cs.checkpoint_sha256,
+        spec=spec,
     )
 
 

@@ -1,9 +1,14 @@
-"""The index set artifact: faiss binary index shards over one code set, committed by a manifest.
+"""The index set artifact: faiss index shards over one code set, committed by a manifest.
+
+Binary code sets give ``IndexBinaryFlat`` / ``IndexBinaryIVF`` shards; pq code sets give
+``IndexPQ`` / ``IndexIVFPQ`` shards holding the code set's codebooks, and the manifest records
+the pq spec (``code_spec``) with the SHA-256 of those codebooks, which every loaded shard is
+checked against.
 
 An index set is a directory (local or ``s3://``)::
 
     index_manifest.json                 the commit, written last; readers go only through it
-    shards/shard-00000.faissindex       faiss.serialize_index_binary bytes
+    shards/shard-00000.faissindex       faiss.serialize_index_binary (pq: serialize_index) bytes
     shards/shard-00000.ids.parquet      one string column ``id``: faiss position -> code-set id
 
 Every shard's bytes are checked against the SHA-256 in the manifest before faiss or Parquet
@@ -26,7 +31,7 @@ import io
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faiss
@@ -37,6 +42,7 @@ import pyarrow.parquet as pq
 
 from rayhash import storage
 from rayhash.codespec import binary as codes_lib
+from rayhash.codespec import pq as pq_lib
 from rayhash.index.shards import IndexShard
 
 logger = logging.getLogger(__name__)
@@ -72,6 +78,8 @@ class IndexSetManifest:
     created_at: str = ""
     sha256: str = ""  # of the manifest file's bytes
     format_version: int = FORMAT_VERSION
+    code_kind: str = "binary"  # a manifest without one indexes binary codes
+    code_spec: dict = field(default_factory=dict)  # pq: PQSpec.to_dict() and "codebooks_sha256"
 
     @property
     def offsets(self) -> list[int]:
@@ -99,18 +107,23 @@ def write_index_set(
     codeset_manifest_sha256: str,
     checkpoint_uri: str,
     checkpoint_sha256: str,
+    spec: pq_lib.PQSpec | None = None,
 ) -> IndexSetManifest:
-    """Write ``(faiss index, ids)`` shards and commit them with ``index_manifest.json`` (written last).
+    """Write ``(faiss index, ids)`` shards and commit them with ``index_manifest.json`` (written last);
+    ``spec`` for PQ indexes (built with its codebooks by :func:`rayhash.index.pq.build_pq_shards`).
 
     The caller keeps the order invariant (module doc): ids sorted within and across shards.
     """
     if kind not in INDEX_KINDS:
         raise ValueError(f"index kind {kind!r} is not one of {INDEX_KINDS}")
+    serialize = faiss.serialize_index_binary if spec is None else faiss.serialize_index
     entries = []
     for i, (index, ids) in enumerate(shards):
         if index.ntotal != len(ids):
             raise ValueError(f"shard {i}: {index.ntotal} codes in the index but {len(ids)} ids")
-        index_bytes = faiss.serialize_index_binary(index).tobytes()
+        if spec is not None:
+            _check_codebooks(_index_spec(index), spec, f"shard {i}")
+        index_bytes = serialize(index).tobytes()
         ids_bytes = _ids_parquet(ids)
         entry = ShardEntry(
             index_path=f"shards/shard-{i:05d}.faissindex",
@@ -129,6 +142,7 @@ def write_index_set(
         "codeset": {"uri": codeset_uri, "manifest_sha256": codeset_manifest_sha256},
         "checkpoint": {"uri": checkpoint_uri, "sha256": checkpoint_sha256},
         "nbits": int(nbits),
+        **({} if spec is None else {"code_kind": pq_lib.KIND, "code_spec": _code_spec(spec)}),
         "index": {"kind": kind, "params": params},
         "shards": [dataclasses.asdict(e) for e in entries],
         "counts": {"items": sum(e.rows for e in entries)},
@@ -137,6 +151,22 @@ def write_index_set(
     storage.write_text_atomic(storage.join(uri, MANIFEST_FILE), text)
     logger.info("committed index set %s: %s, %d items in %d shards", uri, kind, body["counts"]["items"], len(entries))
     return _parse(uri, text.encode("utf-8"))
+
+
+def _code_spec(spec: pq_lib.PQSpec) -> dict:
+    return {**spec.to_dict(), "codebooks_sha256": storage.sha256_bytes(pq_lib.codebooks_bytes(spec))}
+
+
+def _index_spec(index) -> pq_lib.PQSpec:
+    """The spec a faiss PQ index holds: its quantizer's codebooks."""
+    q = index.pq
+    return pq_lib.PQSpec.from_codebooks(faiss.vector_to_array(q.centroids).reshape(q.M, q.ksub, q.dsub))
+
+
+def _check_codebooks(got: pq_lib.PQSpec, want: pq_lib.PQSpec | dict, where: str) -> None:
+    want = want if isinstance(want, dict) else _code_spec(want)
+    if _code_spec(got) != want:
+        raise ValueError(f"{where}: the index's codebooks are not the spec's ({_code_spec(got)} vs {want})")
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -155,7 +185,7 @@ def _parse(uri: str, data: bytes) -> IndexSetManifest:
         )
     return IndexSetManifest(
         uri=uri,
-        nbits=codes_lib.check_nbits(int(body["nbits"])),
+        nbits=int(body["nbits"]) if "code_spec" in body else codes_lib.check_nbits(int(body["nbits"])),
         kind=body["index"]["kind"],
         params=body["index"]["params"],
         codeset_uri=body["codeset"]["uri"],
@@ -167,6 +197,8 @@ def _parse(uri: str, data: bytes) -> IndexSetManifest:
         created_at=body.get("created_at", ""),
         sha256=storage.sha256_bytes(data),
         format_version=body["format_version"],
+        code_kind=body.get("code_kind", "binary"),
+        code_spec=body.get("code_spec", {}),
     )
 
 
@@ -192,7 +224,12 @@ def load_shard(manifest: IndexSetManifest | str, i: int, nprobe: int | None = No
     entry = m.shards[i]
     index_bytes = storage.read_verified(storage.join(m.uri, entry.index_path), entry.index_sha256)
     ids_bytes = storage.read_verified(storage.join(m.uri, entry.ids_path), entry.ids_sha256)
-    index = faiss.deserialize_index_binary(np.frombuffer(index_bytes, dtype=np.uint8))
+    if m.code_kind == pq_lib.KIND:
+        index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
+        spec = _index_spec(index)
+        _check_codebooks(spec, m.code_spec, f"{m.uri} shard {i}")
+    else:
+        index, spec = faiss.deserialize_index_binary(np.frombuffer(index_bytes, dtype=np.uint8)), None
     ids = pq.read_table(pa.BufferReader(ids_bytes))["id"].combine_chunks().cast(pa.large_string())
     if len(ids) > 1 and not pc.all(pc.greater(ids[1:], ids[:-1])).as_py():
         raise ValueError(
@@ -204,4 +241,4 @@ def load_shard(manifest: IndexSetManifest | str, i: int, nprobe: int | None = No
             index.nprobe = int(nprobe)
     elif nprobe is not None:
         raise ValueError(f"nprobe applies to ivf indexes; {m.uri} is {m.kind!r}")
-    return IndexShard(index, ids, offset=m.offsets[i], nbits=m.nbits, number=i)
+    return IndexShard(index, ids, offset=m.offsets[i], nbits=m.nbits, number=i, spec=spec)

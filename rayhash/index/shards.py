@@ -18,25 +18,50 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rayhash.codespec import pq as pq_lib
 from rayhash.index.search import PAD, topk
 
 
 class IndexShard:
-    """One loaded shard: a faiss binary index and the code-set id of each faiss position."""
+    """One loaded shard: a faiss index and the code-set id of each faiss position.
 
-    def __init__(self, index, ids: pa.Array | Sequence[str], *, offset: int, nbits: int, number: int = 0):
+    Binary shards take packed codes and answer Hamming distances (int32). PQ shards (``spec``
+    given) take continuous queries ``(q, dim)``, scored by asymmetric distance, or uint8 codes
+    ``(q, M)``, scored symmetrically through the codebooks (by their reconstructions); both
+    answer squared L2 distances (float32).
+    """
+
+    def __init__(
+        self,
+        index,
+        ids: pa.Array | Sequence[str],
+        *,
+        offset: int,
+        nbits: int,
+        number: int = 0,
+        spec: pq_lib.PQSpec | None = None,
+    ):
         ids = ids if isinstance(ids, pa.Array) else pa.array(np.asarray(ids, dtype=object).tolist(), pa.large_string())
         if index.ntotal != len(ids):
             raise ValueError(f"shard {number}: the index holds {index.ntotal} codes but {len(ids)} ids")
-        if index.d != nbits:
+        if spec is None and index.d != nbits:
             raise ValueError(f"shard {number}: the index holds {index.d}-bit codes, the manifest says {nbits}")
+        if spec is not None and index.d != spec.dim:
+            raise ValueError(f"shard {number}: the index holds {index.d}-dim vectors, the pq spec {spec.dim}")
         self.index, self.ids, self.offset, self.nbits, self.number = index, ids, offset, nbits, number
+        self.spec = spec
+
+    @property
+    def code_kind(self) -> str:
+        return "binary" if self.spec is None else pq_lib.KIND
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
     def _check(self, codes: np.ndarray) -> np.ndarray:
         codes = np.asarray(codes)
+        if self.spec is not None:
+            return self._check_pq(codes)
         if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != self.nbits // 8:
             raise ValueError(
                 f"queries must be packed uint8 codes of shape (q, {self.nbits // 8}) for this "
@@ -44,8 +69,20 @@ class IndexShard:
             )
         return np.ascontiguousarray(codes)
 
+    def _check_pq(self, queries: np.ndarray) -> np.ndarray:
+        spec = self.spec
+        if queries.dtype == np.uint8 and queries.ndim == 2 and queries.shape[1] == spec.m:
+            return np.ascontiguousarray(pq_lib.decode(spec, queries))  # ADC from a reconstruction is SDC
+        if queries.dtype.kind == "f" and queries.ndim == 2 and queries.shape[1] == spec.dim:
+            return np.ascontiguousarray(queries, dtype=np.float32)
+        raise ValueError(
+            f"queries must be float vectors of shape (q, {spec.dim}) or uint8 PQ codes of shape (q, {spec.m}) "
+            f"for this index of M={spec.m} sub-spaces, got {queries.dtype} {queries.shape}"
+        )
+
     def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k per query by (distance, id): ``(distances int32 (q, k), ids object (q, k))``, pads ``-1`` / None."""
+        """Top-k per query by (distance, id): ``(distances int32 or float32 (q, k), ids object (q, k))``,
+        pads ``-1`` / None."""
         dist, pos = topk(self.index, self._check(codes), k)
         return dist, self.ids_of(pos)
 
@@ -56,13 +93,18 @@ class IndexShard:
         dist, pos = topk(self.index, self._check(codes), k)
         return dist, np.where(pos >= 0, pos + self.offset, PAD)
 
-    def range_search(self, codes: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Every item within Hamming distance ``radius`` (inclusive) of each query, sorted by (distance, id)."""
-        lims, dist, pos = self.index.range_search(self._check(codes), int(radius) + 1)  # faiss: exclusive
+    def range_search(self, codes: np.ndarray, radius: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every item within distance ``radius`` (inclusive: Hamming, or squared L2 for pq) of each
+        query, sorted by (distance, id)."""
+        if self.spec is None:
+            bound, dtype = int(radius) + 1, np.int32  # faiss: exclusive
+        else:
+            bound, dtype = float(np.nextafter(np.float32(radius), np.float32(np.inf))), np.float32
+        lims, dist, pos = self.index.range_search(self._check(codes), bound)
         out = []
         for lo, hi in zip(lims[:-1], lims[1:], strict=True):
             order = np.lexsort((pos[lo:hi], dist[lo:hi]))
-            out.append((dist[lo:hi][order].astype(np.int32), self.ids_of(pos[lo:hi][order])))
+            out.append((dist[lo:hi][order].astype(dtype), self.ids_of(pos[lo:hi][order])))
         return out
 
     def ids_of(self, positions: np.ndarray) -> np.ndarray:
@@ -75,9 +117,14 @@ class IndexShard:
         return i if i < len(self.ids) and self.ids[i].as_py() == item_id else None
 
     def code_of(self, item_id: str) -> np.ndarray | None:
-        """The packed code of ``item_id`` (uint8 ``(nbits/8,)``), or None when it is not here."""
+        """The code of ``item_id`` (packed bits, uint8 ``(nbits/8,)``, or M centroid numbers for pq),
+        or None when it is not here."""
         i = self.position_of(item_id)
-        return None if i is None else np.asarray(self.index.reconstruct(i), dtype=np.uint8)
+        if i is None:
+            return None
+        if self.spec is not None:  # the code whose reconstruction faiss gives back
+            return pq_lib.encode(self.spec, self.index.reconstruct(i)[None])[0]
+        return np.asarray(self.index.reconstruct(i), dtype=np.uint8)
 
 
 # --- ids by position -------------------------------------------------------------------------

@@ -87,3 +87,27 @@ def test_encode_parquet_input(ray_cluster, fmnist_lake, tiny_checkpoint, tmp_pat
         f"{lake}/part-0.parquet#7": "empty",
         f"{lake}/part-1.parquet#13": "corrupt",
     }
+
+
+def test_encode_a_pq_checkpoint(ray_cluster, fmnist_lake, tmp_path):
+    """A pq checkpoint's job writes M-byte codes, its codebooks beside the shards, centroid usage."""
+    import torch
+
+    from rayhash.models import ModelConfig, build_model, checkpoint
+
+    torch.manual_seed(0)
+    model_cfg = {"backbone": "small_cnn", "bits": 16, "embed_dim": 8}  # M = 2 sub-spaces of 4 dims
+    model = build_model(ModelConfig(**model_cfg)).eval()
+    books = torch.randn(2, 16, 4, generator=torch.Generator().manual_seed(2)) * 0.3
+    uri = str(tmp_path / "dq")
+    checkpoint.save(uri, config={"model": model_cfg}, model=model.state_dict(), em={"codebooks": books}, code_kind="pq")
+    m = run_encode(encode_config(fmnist_lake, uri, str(tmp_path / "codes")))
+    assert m.code_kind == "pq" and m.code_bytes == 2 and m.nbits == 8
+    ids, codes, _ = codeset.read_codes(m)
+    assert sorted(ids) == sorted(fmnist_lake.good) and m.counts["rejected"] == 5
+    np.testing.assert_array_equal(codes, in_process(uri, [fmnist_lake.good[i] for i in ids]))
+    spec = codeset.read_spec(m)
+    np.testing.assert_array_equal(spec.codebooks, books.numpy())
+    assert m.health == codeset.pq_health(spec, codes)
+    assert sum(m.health["centroid_usage"][0]) == len(ids)
+    assert str(pq.read_table(m.shard_uri(m.shards[0])).schema.field("code").type) == "fixed_size_binary[2]"
