@@ -131,6 +131,7 @@ def cmd_index(ns: argparse.Namespace, overrides: list[str]) -> int:
                 "shards": len(m.shards),
                 "items": m.items,
                 "nbits": m.nbits,
+                "code_kind": m.code_kind,
                 "manifest_sha256": m.sha256,
             }
         )
@@ -194,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML of rayhash.index.IndexBuildConfig keys")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("serve", help="serve Hamming search over an index set on Ray Serve (blocks)")
+    p = sub.add_parser("serve", help="serve search over an index set (binary or pq codes) on Ray Serve (blocks)")
     p.add_argument("--index", required=True, help="index-set directory (local or s3://)")
     p.add_argument("--checkpoint", help="encoder checkpoint (default: the one that wrote the code set)")
     p.add_argument("--host", default="127.0.0.1")

@@ -8,6 +8,8 @@ checked against.
 An index set is a directory (local or ``s3://``)::
 
     index_manifest.json                 the commit, written last; readers go only through it
+    codebooks.npy                       pq only: the codebooks (SHA-256 in the manifest), for
+                                        whoever turns codes into queries without loading a shard
     shards/shard-00000.faissindex       faiss.serialize_index_binary (pq: serialize_index) bytes
     shards/shard-00000.ids.parquet      one string column ``id``: faiss position -> code-set id
 
@@ -50,6 +52,7 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 KIND = "rayhash.indexset"
 MANIFEST_FILE = "index_manifest.json"
+CODEBOOKS_FILE = "codebooks.npy"
 INDEX_KINDS = ("flat", "ivf")
 ID_DTYPE = np.dtypes.StringDType()  # variable-width, 16 bytes per short id, sortable and searchable
 
@@ -135,6 +138,8 @@ def write_index_set(
         storage.write_bytes_atomic(storage.join(uri, entry.index_path), index_bytes)
         storage.write_bytes_atomic(storage.join(uri, entry.ids_path), ids_bytes)
         entries.append(entry)
+    if spec is not None:  # its SHA-256 is the code_spec's codebooks_sha256: the same bytes as the code set's file
+        pq_lib.save_codebooks(storage.join(uri, CODEBOOKS_FILE), spec)
     body = {
         "format_version": FORMAT_VERSION,
         "kind": KIND,
@@ -214,6 +219,16 @@ def read_index_manifest(uri: str) -> IndexSetManifest:
             "Build it with `python jobs/build_index.py --codeset=... --out=...`."
         )
     return _parse(uri, storage.read_bytes(manifest_uri))
+
+
+def read_spec(manifest: IndexSetManifest | str) -> pq_lib.PQSpec | None:
+    """The pq spec of a pq index set, its codebooks read only once their SHA-256 matches the
+    manifest's (:class:`rayhash.storage.ChecksumError` otherwise); None for binary codes."""
+    m = manifest if isinstance(manifest, IndexSetManifest) else read_index_manifest(manifest)
+    if m.code_kind != pq_lib.KIND:
+        return None
+    spec = {k: v for k, v in m.code_spec.items() if k != "codebooks_sha256"}
+    return pq_lib.load_codebooks(storage.join(m.uri, CODEBOOKS_FILE), m.code_spec["codebooks_sha256"], spec)
 
 
 def load_shard(manifest: IndexSetManifest | str, i: int, nprobe: int | None = None) -> IndexShard:

@@ -205,14 +205,15 @@ def merge_shards(shards: Sequence[IndexShard]) -> IndexShard:
     searched apart, on a thread each, they answer one query sooner, since faiss splits a flat
     search over queries only.)
     """
-    if not all(isinstance(s.index, faiss.IndexBinaryIVF) for s in shards):
+    if not all(isinstance(s.index, (faiss.IndexBinaryIVF, faiss.IndexIVF)) for s in shards):
         raise ValueError("merge_shards merges IVF shards; search flat shards apart and merge their top-k")
+    serialize = faiss.serialize_index if shards[0].spec is not None else faiss.serialize_index_binary
     shards = sorted(shards, key=lambda s: s.offset)
     ids = shared_ids(shards)  # checks they are consecutive
     first = shards[0].index
-    quantizer = faiss.serialize_index_binary(first.quantizer)
+    quantizer = serialize(first.quantizer)
     for s in shards[1:]:
-        if not np.array_equal(faiss.serialize_index_binary(s.index.quantizer), quantizer):
+        if not np.array_equal(serialize(s.index.quantizer), quantizer):
             raise ValueError(f"shard {s.number} has its own coarse quantizer: only shards of one template merge")
     # faiss will not carry a direct map through a merge: drop it, then rebuild it over the global keys.
     for s in shards:
@@ -220,4 +221,4 @@ def merge_shards(shards: Sequence[IndexShard]) -> IndexShard:
     for s in shards[1:]:
         first.merge_from(s.index, s.offset)
     first.make_direct_map()
-    return IndexShard(first, ids, offset=0, nbits=shards[0].nbits, number=shards[0].number)
+    return IndexShard(first, ids, offset=0, nbits=shards[0].nbits, number=shards[0].number, spec=shards[0].spec)

@@ -108,6 +108,18 @@ class ImageEncoder:
         ]
         return torch.cat(out) if out else torch.empty(0, self.model.embed_dim)
 
+    def encode_with_queries(self, images: Sequence[np.ndarray] | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """``(codes, search queries)``: a binary code is its own query; a pq code's is the continuous
+        vector it quantises (float32 ``(n, M * d_sub)``), scored by asymmetric distance."""
+        if self.code_kind != pq_lib.KIND:
+            codes = self.encode(images)
+            return codes, codes
+        spec = self._pq_spec()
+        if len(images) == 0:
+            return np.empty((0, spec.m), dtype=np.uint8), np.empty((0, spec.dim), dtype=np.float32)
+        z = self.encode_continuous(images).numpy().astype(np.float32)
+        return pq_lib.encode(spec, z), z
+
     def encode(self, images: Sequence[np.ndarray] | torch.Tensor) -> np.ndarray:
         """Codes as uint8 ``(n, code_bytes)``: packed bits, or one centroid number per pq sub-space."""
         if self.code_kind == pq_lib.KIND:

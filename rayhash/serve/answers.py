@@ -24,13 +24,14 @@ def as_columns(dist: np.ndarray, ids: np.ndarray) -> list[dict]:
     return [{"ids": i[m].tolist(), "distances": d[m].tolist()} for i, d, m in zip(ids, dist, keep)]
 
 
-def as_arrow(dist: np.ndarray, ids: pa.Array, radius: int | None, meta: dict) -> Response:
+def as_arrow(dist: np.ndarray, ids: pa.Array, radius: float | None, meta: dict) -> Response:
     """The results as an Arrow IPC stream: row q holds query q's ``ids`` and ``distances`` lists.
 
     ``ids`` is flat, one per (query, rank), null for pads; nothing here loops over results in
-    Python, which is what the JSON formats spend most of their time on."""
+    Python, which is what the JSON formats spend most of their time on. Distances are int32
+    Hamming distances, or float32 squared L2 for pq codes."""
     rows, k = dist.shape
-    if ids.null_count == 0 and (radius is None or int(dist.max(initial=0)) <= radius):  # every row full
+    if ids.null_count == 0 and (radius is None or dist.max(initial=0) <= radius):  # every row full
         offsets, kept_ids, kept_dist = np.arange(0, rows * k + 1, k, dtype=np.int32), ids, dist.ravel()
     else:
         keep = ~np.asarray(ids.is_null()).reshape(dist.shape)
@@ -42,7 +43,9 @@ def as_arrow(dist: np.ndarray, ids: pa.Array, radius: int | None, meta: dict) ->
     table = pa.table(
         {
             "ids": pa.ListArray.from_arrays(offsets, kept_ids),
-            "distances": pa.ListArray.from_arrays(offsets, pa.array(kept_dist, pa.int32())),
+            "distances": pa.ListArray.from_arrays(
+                offsets, pa.array(kept_dist, pa.float32() if dist.dtype.kind == "f" else pa.int32())
+            ),
         }
     )
     table = table.replace_schema_metadata({"rayhash": orjson.dumps(meta)})

@@ -27,7 +27,7 @@ from ray import serve
 
 from rayhash import config
 from rayhash.data.decode import MAX_PIXELS
-from rayhash.index.indexset import read_index_manifest
+from rayhash.index.indexset import read_index_manifest, read_spec
 from rayhash.models import checkpoint
 from rayhash.serve.encoder import EncoderDeployment
 from rayhash.serve.ingress import SearchIngress
@@ -86,6 +86,7 @@ def build_app(cfg: ServeConfig) -> serve.Application:
             "one request's codes go to a shard in one batch"
         )
     m = read_index_manifest(cfg.index)
+    spec = read_spec(m)  # pq: the codebooks, checksummed, that turn code queries into vectors
     encoder, model = None, None
     if cfg.encode_images:
         uri = cfg.checkpoint or m.checkpoint_uri
@@ -107,6 +108,7 @@ def build_app(cfg: ServeConfig) -> serve.Application:
             uri,
             expected_sha256=sha,
             nbits=m.nbits,
+            code_kind=m.code_kind,
             max_bytes=cfg.max_upload_bytes,
             max_pixels=cfg.max_pixels,
             device=cfg.device,
@@ -130,6 +132,8 @@ def build_app(cfg: ServeConfig) -> serve.Application:
         ]
     )
     stats = {
+        "code_kind": m.code_kind,
+        **({"code_spec": spec.to_dict()} if spec else {}),
         "shards": len(m.shards),
         "items": m.items,
         "nbits": m.nbits,
@@ -160,6 +164,7 @@ def build_app(cfg: ServeConfig) -> serve.Application:
         timeout_s=cfg.timeout_s,
         batch_rows=cfg.batch_rows,
         local={"uri": m.uri, "nprobe": cfg.nprobe, "threads": cfg.threads} if cfg.shards_in_ingress else None,
+        codebooks=None if spec is None else spec.codebooks,
     )
 
 

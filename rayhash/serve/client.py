@@ -58,11 +58,11 @@ class SearchClient:
         self,
         codes: list[str] | np.ndarray,
         k: int = 10,
-        radius: int | None = None,
+        radius: float | None = None,
         partial: bool = False,
         format: str = "objects",
     ) -> list[list[dict]] | list[dict] | pa.Table:
-        """Nearest items of hex codes (or packed uint8 codes ``(q, nbits/8)``).
+        """Nearest items of hex codes (or uint8 codes: packed bits ``(q, nbits/8)``, or pq ``(q, M)``).
 
         ``format``: ``"objects"``, one list of ``{"id", "distance"}`` per query; ``"columns"``, one
         ``{"ids": [...], "distances": [...]}`` per query; ``"arrow"``, a ``pyarrow.Table`` with a
@@ -81,14 +81,14 @@ class SearchClient:
         return _parse_answer(self._request("POST", "/search/codes", json=body), format)
 
     def search_packed(
-        self, codes: np.ndarray, k: int = 10, radius: int | None = None, partial: bool = False, format: str = "arrow"
+        self, codes: np.ndarray, k: int = 10, radius: float | None = None, partial: bool = False, format: str = "arrow"
     ) -> list[list[dict]] | list[dict] | pa.Table:
-        """:meth:`search_codes` for packed uint8 codes ``(q, nbits/8)``, sent as raw bytes to
+        """:meth:`search_codes` for uint8 codes ``(q, nbits/8)`` (pq: ``(q, M)``), sent as raw bytes to
         ``/search/packed``: no hex and no JSON on either side. Answers in ``format`` as there;
         ``"arrow"`` by default, the bulk client's choice."""
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
         if codes.ndim != 2:
-            raise ValueError(f"codes must be packed uint8 of shape (queries, nbits/8), got shape {codes.shape}")
+            raise ValueError(f"codes must be uint8 of shape (queries, bytes per code), got shape {codes.shape}")
         params = {"k": k, "partial": partial, "format": format, **({"radius": radius} if radius is not None else {})}
         r = self._request(
             "POST",

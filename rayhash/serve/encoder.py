@@ -1,4 +1,6 @@
-"""The encoder deployment: uploaded image bytes -> a packed binary code, batched across requests.
+"""The encoder deployment: uploaded image bytes -> the image's code and search query, batched
+across requests. A binary code is its own query; a pq code's query is the image's continuous
+vector, which the shards score by asymmetric distance.
 
 Decoding (and its refusal of bad bytes) runs per request in a worker thread; the model runs
 once per batch of decoded images (``@serve.batch``), on the GPU when the replica has one.
@@ -26,6 +28,7 @@ class EncoderDeployment:
         *,
         expected_sha256: str,
         nbits: int,
+        code_kind: str = "binary",
         max_bytes: int,
         max_pixels: int,
         device: str | None = None,
@@ -39,7 +42,11 @@ class EncoderDeployment:
                 f"checkpoint {checkpoint_uri} has SHA-256 {self.encoder.checkpoint_sha256}, but the index "
                 f"was built from codes of model {expected_sha256}; their codes are not comparable"
             )
-        if self.encoder.nbits != nbits:
+        if self.encoder.code_kind != code_kind:
+            raise ValueError(
+                f"checkpoint {checkpoint_uri} gives {self.encoder.code_kind} codes; the index holds {code_kind} codes"
+            )
+        if code_kind == "binary" and self.encoder.nbits != nbits:
             raise ValueError(
                 f"checkpoint {checkpoint_uri} writes {self.encoder.nbits}-bit codes; the index holds {nbits}"
             )
@@ -48,25 +55,28 @@ class EncoderDeployment:
         self.encode_batch.set_batch_wait_timeout_s(batch_wait_s)
         logger.info("encoder %s (%s) on %s", checkpoint_uri, self.encoder.checkpoint_sha256[:12], self.encoder.device)
 
-    async def encode(self, data: bytes) -> tuple[np.ndarray | None, str, str]:
-        """``(packed code (nbits/8,), "", "")``, or ``(None, reason, message)`` for bytes that are no usable image."""
+    async def encode(self, data: bytes) -> tuple[np.ndarray | None, np.ndarray | None, str, str]:
+        """``(code uint8 (code_bytes,), query, "", "")``, or ``(None, None, reason, message)`` for bytes
+        that are no usable image. The query is the code (binary), or the float32 vector (pq)."""
         try:
             image = await asyncio.to_thread(
                 decode_image, data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, mode=None
             )
         except ImageDecodeError as e:
-            return None, e.reason, str(e)
-        return await self.encode_batch(image), "", ""
+            return None, None, e.reason, str(e)
+        code, query = await self.encode_batch(image)
+        return code, query, "", ""
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def encode_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        codes = await asyncio.to_thread(self.encoder.encode, images)
-        return list(codes)
+    async def encode_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        codes, queries = await asyncio.to_thread(self.encoder.encode_with_queries, images)
+        return list(zip(codes, queries, strict=True))
 
     async def info(self) -> dict:
         return {
             "checkpoint_uri": self.encoder.checkpoint_uri,
             "checkpoint_sha256": self.encoder.checkpoint_sha256,
             "nbits": self.encoder.nbits,
+            "code_kind": self.encoder.code_kind,
             "device": str(self.encoder.device),
         }

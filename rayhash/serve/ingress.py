@@ -16,7 +16,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
-from rayhash.codespec import binary as codes_lib
+from rayhash.codespec import pq as pq_lib
 from rayhash.serve.answers import as_arrow, as_columns, as_objects
 from rayhash.serve.fanout import FanOut, answer_within
 from rayhash.serve.parsing import DECODE_STATUS, CodesQuery, Format, Limits
@@ -26,8 +26,9 @@ logger = logging.getLogger(__name__)
 
 app = FastAPI(
     title="rayhash search",
-    description="Nearest images by Hamming distance over a sharded faiss binary index. Every result is a list "
-    "of {id, distance} sorted by distance, then id.",
+    description="Nearest images over a sharded faiss index: binary codes by Hamming distance, or product-quantised "
+    "(pq) codes by squared L2 (asymmetric from an image, symmetric through the codebooks from a code). Every "
+    "result is a list of {id, distance} sorted by distance, then id; /stats names the code kind.",
 )
 
 
@@ -54,14 +55,23 @@ class SearchIngress:
         timeout_s: float,
         batch_rows: int = 256,
         local: dict | None = None,
+        codebooks=None,
     ):
         """``shards``: one handle per shard deployment; or none, and ``local={"uri", "nprobe", "threads"}``:
-        the index set whose shards this replica loads and searches itself."""
+        the index set whose shards this replica loads and searches itself. ``codebooks``: a pq
+        index's (M, K, d_sub) codebooks, which turn code queries into the vectors the shards score;
+        None for binary codes."""
         self.encoder, self.stats_body, self.timeout_s = encoder, stats, timeout_s
         self.shards = FanOut(shards, timeout_s=timeout_s, local=local)
         self.num_shards = int(stats["shards"])
+        self.spec = None if codebooks is None else pq_lib.PQSpec.from_codebooks(codebooks)
         self.limits = Limits(
-            nbits=int(stats["nbits"]), max_k=max_k, max_queries=max_queries, max_upload_bytes=max_upload_bytes
+            nbits=int(stats["nbits"]),
+            max_k=max_k,
+            max_queries=max_queries,
+            max_upload_bytes=max_upload_bytes,
+            pq_m=self.spec.m if self.spec else 0,
+            pq_k=self.spec.k if self.spec else 256,
         )
         self.fan_out.set_max_batch_size(batch_rows)
 
@@ -78,20 +88,21 @@ class SearchIngress:
             return JSONResponse({"status": "unavailable", "detail": f"not answering: {', '.join(down)}"}, 503)
         return {"status": "ok", "shards": self.num_shards, "encoder": self.encoder is not None}
 
-    @app.get("/stats", summary="shards, items, nbits, index kind, code-set and model versions, limits")
+    @app.get("/stats", summary="code kind, shards, items, nbits, index kind, code-set and model versions, limits")
     async def stats(self):
         return self.stats_body
 
     @app.post("/search/codes", summary="k nearest items of each hex code")
     async def search_codes(self, query: CodesQuery):
         k = self.limits.check_query(query.k, query.radius, len(query.codes))
-        packed = self.limits.hex_codes(query.codes)
-        return await self._search_answer(packed, k, query.radius, query.partial, query.format)
+        codes = self.limits.hex_codes(query.codes)
+        return await self._search_answer(codes, k, query.radius, query.partial, query.format)
 
     @app.post(
         "/search/packed",
-        summary="k nearest items of packed binary codes, sent as raw bytes",
-        description="The body is the codes themselves, nbits/8 bytes each (MSB first, as /search/codes' hex), "
+        summary="k nearest items of codes sent as raw bytes",
+        description="The body is the codes themselves: nbits/8 bytes each for binary codes (MSB first, as "
+        "/search/codes' hex), M bytes each for pq codes, "
         "with Content-Type application/octet-stream; the options are query parameters and the "
         "answer is /search/codes' in the chosen format. No hex and no JSON to parse: for bulk clients.",
         openapi_extra={
@@ -105,7 +116,7 @@ class SearchIngress:
         self,
         request: Request,
         k: int = 10,
-        radius: int | None = None,
+        radius: float | None = None,
         partial: bool = False,
         format: Format = "objects",
     ):
@@ -141,13 +152,14 @@ class SearchIngress:
                 503, "image search is off: this service runs without an encoder (start it with a checkpoint)"
             )
         data = await self.limits.image_upload(request)
-        code, reason, message = await answer_within(self.encoder.encode.remote(data), "the encoder", self.timeout_s)
+        code, query, reason, message = await answer_within(
+            self.encoder.encode.remote(data), "the encoder", self.timeout_s
+        )
         if code is None:
             raise HTTPException(DECODE_STATUS.get(reason, 422), f"not a usable image: {message}")
-        dist, ids, missing = await self._search(code[None, :], k, partial)
-        return _answer(
-            {"code": codes_lib.to_hex(code[None, :])[0], "results": as_objects(dist, ids)[0], "k": k}, missing
-        )
+        # pq: the image's continuous vector, scored by asymmetric distance (finer than its code's).
+        dist, ids, missing = await self._search(query[None, :], k, partial)
+        return _answer({"code": bytes(code).hex(), "results": as_objects(dist, ids)[0], "k": k}, missing)
 
     @app.get("/items/{item_id:path}/neighbors", summary="k nearest items of an indexed item (itself excluded)")
     async def neighbors(self, item_id: str, k: int = 10, partial: bool = False):
@@ -167,22 +179,32 @@ class SearchIngress:
                     503, f"id {item_id!r} is in none of the shards that answered; shards {lost} did not"
                 )
             raise HTTPException(404, f"no item with id {item_id!r} in this index")
-        dist, ids, missing = await self._search(codes[0][None, :], k + 1, partial)
+        dist, ids, missing = await self._search(self._queries(codes[0][None, :]), k + 1, partial)
         keep = ids[0] != item_id
         dist, ids = dist[:, keep][:, :k], ids[:, keep][:, :k]
         return _answer(
             {
                 "id": item_id,
-                "code": codes_lib.to_hex(codes[0][None, :])[0],
+                "code": bytes(codes[0]).hex(),
                 "results": as_objects(dist, ids)[0],
                 "k": k,
             },
             missing,
         )
 
-    async def _search_answer(self, packed: np.ndarray, k: int, radius: int | None, partial: bool, fmt: str) -> Response:
+    def _queries(self, codes: np.ndarray) -> np.ndarray:
+        """What the shards search for ``codes``: the codes themselves (binary), or their
+        reconstructions (pq), whose asymmetric distance to a code is the symmetric one through
+        the codebooks; every pq query is then a vector, so requests batch together."""
+        return codes if self.spec is None else pq_lib.decode(self.spec, codes)
+
+    async def _search_answer(
+        self, codes: np.ndarray, k: int, radius: float | None, partial: bool, fmt: str
+    ) -> Response:
         arrow = fmt == "arrow"
-        dist, ids, missing = await self._search(packed, k, partial, arrow=arrow)
+        if radius is not None and self.spec is None:
+            radius = int(radius)  # a Hamming radius: checked to be whole
+        dist, ids, missing = await self._search(self._queries(codes), k, partial, arrow=arrow)
         if arrow:
             meta = {"k": k, "radius": radius, "partial": bool(missing), "missing_shards": missing}
             return as_arrow(dist, ids, radius, meta)

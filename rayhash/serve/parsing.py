@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from rayhash.codespec import binary as codes_lib
+from rayhash.codespec import pq as pq_lib
 from rayhash.serve.answers import ARROW_STREAM
 
 # ImageDecodeError.reason -> HTTP status
@@ -35,9 +36,17 @@ Format = Literal["objects", "columns", "arrow"]
 
 class CodesQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    codes: list[str] = Field(min_length=1, description="packed codes as hex, nbits/4 digits each (MSB first)")
+    codes: list[str] = Field(
+        min_length=1,
+        description="codes as hex: binary codes packed MSB first, nbits/4 digits each; pq codes one byte "
+        "(centroid number) per sub-space, 2*M digits each (see /stats' code_kind and code_spec)",
+    )
     k: int = Field(10, description="results per query (1..max_k, see /stats)")
-    radius: int | None = Field(None, description="only items within this Hamming distance (inclusive)")
+    radius: float | None = Field(
+        None,
+        description="only items within this distance (inclusive): a Hamming distance (an integer) for "
+        "binary codes, a squared L2 distance for pq codes",
+    )
     partial: bool = Field(False, description="answer from the shards that respond, marked partial, instead of a 503")
     format: Format = Field(
         "objects",
@@ -58,37 +67,64 @@ def content_type(request: Request) -> str:
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask of this service (the ``limits`` of ``/stats``, and the code length)."""
+    """What one request may ask of this service (the ``limits`` of ``/stats``), and what its codes
+    look like: ``nbits``-bit binary codes, or pq codes of ``pq_m`` bytes (``pq_k`` centroids each)."""
 
     nbits: int
     max_k: int
     max_queries: int
     max_upload_bytes: int
+    pq_m: int = 0  # 0: binary codes
+    pq_k: int = 256
+
+    @property
+    def code_bytes(self) -> int:
+        return self.pq_m or self.nbits // 8
+
+    @property
+    def kind(self) -> str:
+        return pq_lib.KIND if self.pq_m else "binary"
+
+    def describe(self) -> str:
+        """The codes this index holds, in words, for error messages."""
+        if self.pq_m:
+            return f"pq codes of M={self.pq_m} bytes"
+        return f"{self.nbits}-bit codes, {self.code_bytes} bytes each"
 
     def check_k(self, k: int) -> int:
         if not 1 <= k <= self.max_k:
             raise HTTPException(422, f"k must be between 1 and {self.max_k} (this service's cap), got {k}")
         return k
 
-    def check_query(self, k: int, radius: int | None, num_codes: int) -> int:
+    def check_query(self, k: int, radius: float | None, num_codes: int) -> int:
         """``k``, once it, the number of codes and ``radius`` are within the limits."""
         k = self.check_k(k)
         if num_codes > self.max_queries:
             raise HTTPException(413, f"{num_codes} codes in one request; this service takes at most {self.max_queries}")
-        if radius is not None and not 0 <= radius <= self.nbits:
-            raise HTTPException(422, f"radius must be between 0 and {self.nbits} (the code length), got {radius}")
+        if radius is None:
+            return k
+        if self.pq_m:
+            if not (np.isfinite(radius) and radius >= 0):
+                raise HTTPException(422, f"radius must be a squared L2 distance of 0 or more (pq codes), got {radius}")
+        elif radius != int(radius) or not 0 <= radius <= self.nbits:
+            raise HTTPException(
+                422, f"radius must be an integer between 0 and {self.nbits} (the code length), got {radius}"
+            )
         return k
 
     def hex_codes(self, codes: list[str]) -> np.ndarray:
-        """Hex codes as packed ``uint8 (n, nbits/8)``; a 422 saying what is wrong with them if not."""
+        """Hex codes as ``uint8 (n, code_bytes)``; a 422 saying what is wrong with them if not."""
         try:
+            if self.pq_m:
+                return pq_lib.from_hex(codes, self.pq_m, self.pq_k)
             return codes_lib.from_hex(codes, self.nbits)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
 
     async def packed_codes(self, request: Request) -> np.ndarray:
-        """The body's raw packed codes, ``nbits/8`` bytes each, as ``uint8 (n, nbits/8)``."""
-        nbytes = self.nbits // 8
+        """The body's raw codes, ``code_bytes`` each (packed bits, or one byte per pq sub-space),
+        as ``uint8 (n, code_bytes)``."""
+        nbytes = self.code_bytes
         ctype = content_type(request)
         if ctype != PACKED_TYPE:
             raise HTTPException(
@@ -106,10 +142,12 @@ class Limits:
         if len(body) % nbytes:
             raise HTTPException(
                 422,
-                f"the body of {len(body)} bytes is not a whole number of codes: this index "
-                f"holds {self.nbits}-bit codes, {nbytes} bytes each",
+                f"the body of {len(body)} bytes is not a whole number of codes: this index holds {self.describe()}",
             )
-        return np.frombuffer(body, dtype=np.uint8).reshape(-1, nbytes)
+        codes = np.frombuffer(body, dtype=np.uint8).reshape(-1, nbytes)
+        if self.pq_m and self.pq_k < 256 and int(codes.max()) >= self.pq_k:
+            raise HTTPException(422, f"a code names centroid {int(codes.max())}, but each sub-space has K={self.pq_k}")
+        return codes
 
     async def image_upload(self, request: Request) -> bytes:
         """The uploaded image's bytes: a multipart field ``file``, or the whole body."""

@@ -44,7 +44,7 @@ def search_shard(shard: IndexShard, codes: np.ndarray, k: int, threads: int) -> 
 
 
 def shard_info(shard: IndexShard) -> dict:
-    return {"shard": shard.number, "items": len(shard), "nbits": shard.nbits}
+    return {"shard": shard.number, "items": len(shard), "nbits": shard.nbits, "code_kind": shard.code_kind}
 
 
 @serve.deployment
@@ -67,8 +67,8 @@ class IndexShardDeployment:
         logger.info("shard %d of %s: %d items", shard, index_uri, len(self.shard))
 
     async def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, pa.Array]:
-        """Top-k of packed ``codes`` by (distance, id): ``(distances int32 (n, k), global keys int64
-        (n, k), ids)``, the ids one Arrow string array of n * k, row by row, null for pads."""
+        """Top-k of ``codes`` (packed bits, or pq query vectors) by (distance, id): ``(distances
+        (n, k), global keys int64 (n, k), ids)``, the ids one Arrow string array of n * k, row by row, null for pads."""
         return await self.search_batch(codes, k)
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0, batch_size_fn=query_rows)

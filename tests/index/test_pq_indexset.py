@@ -112,3 +112,26 @@ def test_a_code_set_with_tampered_codebooks_builds_nothing(pq_codeset, tmp_path)
     finally:
         storage.write_bytes_atomic(book, saved)
     assert not (tmp_path / "index").exists()
+
+
+def test_the_index_set_carries_its_codebooks_checksummed(pq_codeset, tmp_path):
+    uri, spec, *_ = pq_codeset
+    m = build_index_set(uri, str(tmp_path / "index"))
+    np.testing.assert_array_equal(indexset.read_spec(m).codebooks, spec.codebooks)
+    book = tmp_path / "index" / indexset.CODEBOOKS_FILE
+    book.write_bytes(pq.codebooks_bytes(pq.PQSpec.from_codebooks(spec.codebooks * 2)))
+    with pytest.raises(storage.ChecksumError):
+        indexset.read_spec(m)
+
+
+def test_ivf_shards_merged_in_one_process_answer_as_the_shards_do(pq_codeset, tmp_path):
+    from rayhash.index.shards import merge_shards
+
+    uri, _, _, _, queries = pq_codeset
+    m = build_index_set(uri, str(tmp_path / "index"), num_shards=3, kind="ivf", nlist=8, nprobe=3)
+    _, dist, keys = _search_all(m, queries, 20)
+    merged = merge_shards([indexset.load_shard(m, i) for i in range(3)])
+    assert merged.code_kind == "pq" and len(merged) == 400
+    got_dist, got_keys = merged.search_keys(queries, 20)
+    np.testing.assert_allclose(got_dist, dist, rtol=1e-6)
+    np.testing.assert_array_equal(got_keys, keys)

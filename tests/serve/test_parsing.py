@@ -73,8 +73,9 @@ def test_k_is_held_to_one_through_max_k(k, ok):
         (None, 64, None, ""),
         (0, 1, None, ""),
         (64, 1, None, ""),
-        (65, 1, 422, "radius must be between 0 and 64"),
-        (-1, 1, 422, "radius must be between 0 and 64"),
+        (65, 1, 422, "radius must be an integer between 0 and 64"),
+        (-1, 1, 422, "radius must be an integer between 0 and 64"),
+        (2.5, 1, 422, "radius must be an integer between 0 and 64"),
         (None, 65, 413, "at most 64"),
     ],
 )
@@ -171,3 +172,16 @@ def test_image_uploads_that_are_not_usable_are_refused(make, status, words):
     data, ctype = make()
     e = refused(LIMITS.image_upload, request(Body(data), ctype, len(data)))
     assert e.status_code == status and words in e.detail
+
+
+PQ_LIMITS = Limits(nbits=32, max_k=500, max_queries=64, max_upload_bytes=1000, pq_m=4, pq_k=16)
+
+
+def test_pq_limits_take_m_byte_codes_and_a_float_radius():
+    assert PQ_LIMITS.code_bytes == 4 and PQ_LIMITS.kind == "pq"
+    np.testing.assert_array_equal(PQ_LIMITS.hex_codes(["000f0102"]), [[0, 15, 1, 2]])
+    assert PQ_LIMITS.check_query(3, 123.5, 1) == 3
+    for codes, words in ((["00" * 3], "M=4 bytes, i.e. 8 hex digits"), (["00000010"], "centroid 16")):
+        assert words in refused(PQ_LIMITS.hex_codes, codes).detail
+    for radius in (-0.5, float("inf"), float("nan")):
+        assert "squared L2 distance of 0 or more" in refused(PQ_LIMITS.check_query, 3, radius, 1).detail

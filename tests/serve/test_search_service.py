@@ -225,7 +225,13 @@ BAD_REQUESTS = [
     ("post", "/search/codes", {"json": {"codes": []}}, 422, "at least 1 item"),
     ("post", "/search/codes", {"json": {"codes": ["00" * 8], "k": 0}}, 422, "k must be between 1 and 500"),
     ("post", "/search/codes", {"json": {"codes": ["00" * 8], "k": 501}}, 422, "k must be between 1 and 500"),
-    ("post", "/search/codes", {"json": {"codes": ["00" * 8], "radius": 65}}, 422, "radius must be between 0 and 64"),
+    (
+        "post",
+        "/search/codes",
+        {"json": {"codes": ["00" * 8], "radius": 65}},
+        422,
+        "radius must be an integer between 0 and 64",
+    ),
     ("post", "/search/codes", {"json": {"codes": ["00" * 8], "kk": 5}}, 422, "Extra inputs are not permitted"),
     ("post", "/search/codes", {"json": {"codes": ["00" * 8], "format": "rows"}}, 422, "'columns' or 'arrow'"),
     ("post", "/search/codes", {"json": {"codes": ["00" * 8] * 65}}, 413, "at most 64"),
@@ -265,7 +271,7 @@ BAD_REQUESTS = [
         "/search/packed",
         {"data": bytes(8), "params": {"radius": 70}, "headers": {"Content-Type": OCTETS}},
         422,
-        "radius must be between 0 and 64",
+        "radius must be an integer between 0 and 64",
     ),
     (
         "post",
