@@ -60,6 +60,7 @@ METHOD_CONFIGS = {
     "dsch": "configs/quickstart.yaml",
     "dcuh": "configs/quickstart-dcuh.yaml",
     "psch": "configs/quickstart-psch.yaml",
+    "deepquan": "configs/quickstart-deepquan.yaml",
 }
 DEFAULT_METHOD = "dsch"
 
@@ -143,6 +144,19 @@ def plot_query_grid(query: np.ndarray, neighbours: list[np.ndarray], captions: l
     storage.write_bytes_atomic(path, buf.getvalue())
 
 
+def health_line(health: dict) -> str:
+    """A code set's health in one line: bit balance (binary), or centroids used per sub-space (pq)."""
+    if "centroid_usage" in health:
+        used = health["used_centroids"]
+        return (
+            f"centroids used per sub-space {min(used)}..{max(used)} of {len(health['centroid_usage'][0])}, "
+            f"largest bucket {health['max_items_per_code']}"
+        )
+    balance = health["bit_balance"]
+    rest = {k: v for k, v in health.items() if k != "bit_balance"}
+    return f"{rest} bit balance min/max {min(balance):.3f}/{max(balance):.3f}"
+
+
 def run(cfg: QuickstartConfig, *, verbose: bool = False) -> dict:
     """Needs a running Ray (the job script starts or joins one, with ``ensure_ray``). Shows a
     progress bar per stage and ends with the mAP table, the query's result, the service's address
@@ -179,11 +193,9 @@ def run(cfg: QuickstartConfig, *, verbose: bool = False) -> dict:
             progress=True,
         )
     )
-    balance = manifest.health["bit_balance"]
     print(
-        f"code set: {manifest.counts['encoded']} encoded, {manifest.counts['rejected']} rejected; code health",
-        {k: v for k, v in manifest.health.items() if k != "bit_balance"},
-        f"bit balance min/max {min(balance):.3f}/{max(balance):.3f}",
+        f"code set: {manifest.counts['encoded']} encoded, {manifest.counts['rejected']} rejected; "
+        f"code health: {health_line(manifest.health)}",
         flush=True,
     )
     index = build_index_set(
@@ -206,7 +218,7 @@ def run(cfg: QuickstartConfig, *, verbose: bool = False) -> dict:
     plot_query_grid(
         data.images[q],
         [data.images[p] for p in positions],
-        [f"d={r['distance']} c={data.labels[p]}" for r, p in zip(results, positions, strict=True)],
+        [f"d={r['distance']:g} c={data.labels[p]}" for r, p in zip(results, positions, strict=True)],
         grid,
     )
     seconds = time.perf_counter() - t0

@@ -81,7 +81,7 @@ def test_config_bounds_k_and_query():
 LAKE = 3000  # images in the lake of a method's shortened main job
 
 
-@pytest.mark.parametrize("method", ["dcuh", "psch"])
+@pytest.mark.parametrize("method", ["dcuh", "psch", "deepquan"])
 def test_main_job_with_each_method(ray_cluster, tmp_path, capsys, method):
     cfg = load_config(
         None,
@@ -102,18 +102,22 @@ def test_main_job_with_each_method(ray_cluster, tmp_path, capsys, method):
     finally:
         stop()
     ckpt = checkpoint.load(out["checkpoint"])
-    assert ckpt.progress["round"] == 1 and ckpt.config["method"]["name"] == method and ckpt.code_kind == "binary"
-    # round 1 ran the method's E-step: DCUH's classifier over its clusters, PSCH's thresholds
-    clusters = cfg.train.method.clusters
+    kind = "pq" if method == "deepquan" else "binary"
+    assert ckpt.progress["round"] == 1 and ckpt.config["method"]["name"] == method and ckpt.code_kind == kind
+    # round 1 ran the method's E-step: DCUH's classifier over its clusters, PSCH's thresholds,
+    # DeepQuan's codebooks (M = bits / 8 sub-spaces)
     if method == "dcuh":
-        assert ckpt.method_module["weight"].shape == (clusters, cfg.train.model.bits)
+        assert ckpt.method_module["weight"].shape == (cfg.train.method.clusters, cfg.train.model.bits)
+    elif method == "psch":
+        assert ckpt.em["thresholds"].shape == (cfg.train.method.clusters,)
     else:
-        assert ckpt.em["thresholds"].shape == (clusters,)
+        m = cfg.train.model.bits // 8
+        assert tuple(ckpt.em["codebooks"].shape) == (m, cfg.train.method.codewords, cfg.train.method.d_sub)
     codes = codeset.read_manifest(out["codeset"])
     assert codes.counts == {"inputs": LAKE, "encoded": LAKE, "rejected": 0}
-    assert codes.checkpoint_sha256 == ckpt.sha256 and codes.code_kind == "binary"
+    assert codes.checkpoint_sha256 == ckpt.sha256 and codes.code_kind == kind
     index = indexset.read_index_manifest(out["index"])
-    assert index.items == LAKE and len(index.shards) == cfg.num_shards
+    assert index.items == LAKE and len(index.shards) == cfg.num_shards and index.code_kind == kind
     neighbours = out["neighbours"]
     assert len(neighbours) == cfg.k and all(int(n["id"]) < LAKE for n in neighbours)
     assert [n["distance"] for n in neighbours] == sorted(n["distance"] for n in neighbours)
@@ -127,15 +131,14 @@ def test_main_job_with_each_method(ray_cluster, tmp_path, capsys, method):
 
 
 def test_each_method_has_a_main_job_config_of_its_own():
-    # The main job writes, indexes and serves codes: a method whose kind of code has no writable
-    # spec yet (DeepQuan's pq) has no main-job config, and --method names the methods that do.
+    # The main job writes, indexes and serves codes of every writable kind, binary and pq alike.
     writable = [m for m in list_methods() if method_entry(m).code_kind in WRITABLE_KINDS]
-    assert sorted(METHOD_CONFIGS) == writable
+    assert sorted(METHOD_CONFIGS) == writable == list_methods()
     configs = {m: load_config(None, m) for m in writable}
     assert {m: c.train.method.name for m, c in configs.items()} == {m: m for m in writable}
     assert load_config() == configs["dsch"] == load(QuickstartConfig, CONFIG)
     # A run name resumes its run, whatever the method: no two methods may share one, or a workdir.
-    assert len({c.train.run.name for c in configs.values()}) == len({c.workdir for c in configs.values()}) == 3
+    assert len({c.train.run.name for c in configs.values()}) == len({c.workdir for c in configs.values()}) == 4
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_CONFIGS))
@@ -154,7 +157,6 @@ def test_each_main_job_config_trains_its_methods_64_bit_recipe(method):
     [
         (["--method=nosuch"], "unknown method 'nosuch'; known: dcuh, deepquan, dsch, psch"),
         (["--method.name=nosuch", "--config", CONFIG], "unknown method 'nosuch'; known: dcuh, deepquan, dsch, psch"),
-        (["--method=deepquan"], "method 'deepquan' has no main-job config; give --config with a train.method section"),
         (["--config", CONFIG, "--method.name=dcuh"], f"--method=dcuh, but {CONFIG} trains 'dsch'"),
         # the method renamed, the file's DSCH keys kept: refused, pointing at --method
         (["--train.method.name=dcuh"], "'train.method.fine_components' with train.method.name=dcuh"),

@@ -11,19 +11,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-# The kinds the main job carries from training to the serve app. "pq" code sets and index sets
-# are written (the encode job, the index build), but the serve app and metrics do not take them yet.
-WRITABLE_KINDS = ("binary",)
+# The kinds a code set holds and the index build, the serve app and the evaluation take.
+WRITABLE_KINDS = ("binary", "pq")
 
 
 def check_writable(code_kind: str, source: str = "") -> str:
     """``code_kind`` if codes of that kind can be written, else ``ValueError`` saying which can."""
     if code_kind not in WRITABLE_KINDS:
         where = f"{source} gives" if source else "got"
-        raise ValueError(
-            f"{where} {code_kind!r} codes; rayhash writes only {', '.join(WRITABLE_KINDS)} codes so far "
-            "(product-quantised codes are not carried through the serve app yet)"
-        )
+        raise ValueError(f"{where} {code_kind!r} codes; rayhash writes {' and '.join(WRITABLE_KINDS)} codes")
     return code_kind
 
 
