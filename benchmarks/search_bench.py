@@ -1,6 +1,20 @@
-"""Hamming search speed (PROTOCOL.md "Speed"): direct faiss vs the served endpoint, binary IVF vs flat.
+"""Search speed (PROTOCOL.md "Speed"): direct faiss vs the served endpoint, IVF vs flat, for
+binary codes (Hamming) and, with ``--code-kind pq``, product-quantised codes.
 
     python benchmarks/search_bench.py --sizes 1000000,10000000 --batch 64 --workdir /tmp/sbwork
+    python benchmarks/search_bench.py --code-kind pq --sizes 1000000,10000000 --placements ingress \
+        --formats arrow --queries 200 --min-queries 400 --single-queries 100
+
+PQ codes (``--code-kind pq``, 8 bytes: M = 8 sub-spaces of 256 centroids over a 64-dim vector,
+DeepQuan's 64-bit shape): the 70,000 images' raw pixels projected on their 64 principal axes
+(fitted on the fmnist-1k training images), quantised by codebooks k-means fitted on those
+training vectors; the database repeats the 69,000 non-query images' codes and replaces each
+sub-space's centroid of each copy by a random one with probability 6%; queries are the query
+images' codes, sent as codes (``/search/codes``, ``/search/packed``) and searched by their
+reconstructions, as the service does, and searched directly by the same reconstructions.
+Flat is ``IndexPQ`` and IVF ``IndexIVFPQ``, both holding those codebooks
+(:mod:`rayhash.index.pq`). Rows carry ``code_kind``; a run of one kind keeps the other kind's
+rows in the output file, each row holding its own ``command``.
 
 Codes with the structure of real ones: ITQ (64 bits) of the 70,000 Fashion-MNIST images' raw
 pixels, fitted on the fmnist-1k training images; the database repeats the 69,000 non-query
@@ -48,9 +62,11 @@ from results_io import command_line, write_result
 
 from rayhash.baselines import ITQ
 from rayhash.codespec import binary as codes_lib
+from rayhash.codespec import pq as pq_lib
 from rayhash.data import load_fashion_mnist, protocol_split
 from rayhash.encode.codeset import write_codeset
 from rayhash.index import build_index_set, topk
+from rayhash.index import pq as pq_index
 from rayhash.index.build import ivf_template
 
 logger = logging.getLogger("search_bench")
@@ -72,6 +88,27 @@ def structured_codes(n: int, nbits: int, seed: int = 0) -> tuple[np.ndarray, np.
         flips = np.packbits(rng.random((hi - lo, nbits)) < FLIP, axis=1)
         db[lo:hi] = base[np.arange(lo, hi) % len(base)] ^ flips
     return db, packed[split.query]
+
+
+def structured_pq_codes(n: int, m: int = 8, d_sub: int = 8, seed: int = 0):
+    """``(spec, database codes (n, M), query codes (1000, M))`` as the module doc says."""
+    data = load_fashion_mnist()
+    split = protocol_split("fmnist-1k", data.labels)
+    pixels = data.images.reshape(len(data), -1).astype(np.float32) / 255.0
+    mean = pixels[split.train].mean(0)
+    axes = np.linalg.svd(pixels[split.train] - mean, full_matrices=False)[2][: m * d_sub]
+    z = (pixels - mean) @ axes.T
+    spec = pq_lib.fit(z[split.train], m, 256, niter=20, seed=seed)
+    base = pq_lib.encode(spec, z[split.database])
+    rng = np.random.default_rng(seed)
+    db = np.empty((n, m), dtype=np.uint8)
+    for lo in range(0, n, 1 << 20):
+        hi = min(n, lo + (1 << 20))
+        chunk = base[np.arange(lo, hi) % len(base)]
+        swap = rng.random(chunk.shape) < FLIP
+        chunk[swap] = rng.integers(0, 256, int(swap.sum()), dtype=np.uint8)
+        db[lo:hi] = chunk
+    return spec, db, pq_lib.encode(spec, z[split.query])
 
 
 def timed(fn, repeat: int = 3) -> float:
@@ -128,7 +165,7 @@ def request_bodies(q: np.ndarray, per_request: int, k: int, fmt: str, packed: bo
     chunks = [q[i : i + per_request] for i in range(0, len(q), per_request)]
     if packed:
         return [{"packed": c.tobytes(), "k": k, "format": fmt} for c in chunks]
-    return [{"codes": codes_lib.to_hex(c), "k": k, "format": fmt} for c in chunks]
+    return [{"codes": [bytes(row).hex() for row in c], "k": k, "format": fmt} for c in chunks]
 
 
 def cpu_seconds() -> dict[int, tuple[str, float]]:
@@ -286,32 +323,43 @@ def serve_and_load(index_uri: str, q: np.ndarray, k: int, args, placement: str) 
 
 
 def bench_size(n: int, args, work: Path) -> list[dict]:
-    k, nbits = args.k, args.bits
+    k, pq = args.k, args.code_kind == "pq"
     repeat = 3 if n <= 2_000_000 else 1  # a 10M flat pass takes seconds: one timing each there
     t0 = time.perf_counter()
-    db, q = structured_codes(n, nbits, seed=args.seed)
     ids = [f"{i:09d}" for i in range(n)]
+    nlist = args.nlist or (1024 if n <= 2_000_000 else 4096)
+    train_size = min(n, 64 * nlist)  # build_index_set's default: the same lists, served or direct
+    if pq:
+        spec, db, sent = structured_pq_codes(n, seed=args.seed)
+        sent = sent[: args.queries]  # what a client sends: codes
+        q = pq_lib.decode(spec, sent)  # what the shards search for them, and direct faiss too
+        nbits, what = spec.nbits, f"PQ (M={spec.m}) of Fashion-MNIST pixels' 64 principal components"
+        cs_args = {"spec": spec, "checkpoint_uri": "pq:fmnist-1k-pca64-pixels"}
+        flat = pq_index.flat_index(spec)
+        pq_index.add_codes(flat, spec, db)
+        ivf = pq_index.ivf_template(spec, db, nlist=nlist, nprobe=1, train_size=train_size, seed=args.seed)
+        pq_index.add_codes(ivf, spec, db)
+    else:
+        nbits, what = args.bits, "ITQ of Fashion-MNIST pixels"
+        db, q = structured_codes(n, nbits, seed=args.seed)
+        q = sent = q[: args.queries]
+        cs_args = {"nbits": nbits, "checkpoint_uri": "itq:fmnist-1k-raw-pixels"}
+        flat = faiss.IndexBinaryFlat(nbits)
+        flat.add(db)
+        ivf = ivf_template(db, nbits, nlist=nlist, nprobe=1, train_size=train_size, seed=args.seed)
+        ivf.add(db)
     cs = write_codeset(
         str(work / f"codes-{n}"),
         ids=ids,
         codes=db,
         sources=ids,
-        nbits=nbits,
-        checkpoint_uri="itq:fmnist-1k-raw-pixels",
         checkpoint_sha256="0" * 64,
-        config={"codes": "ITQ of Fashion-MNIST pixels, repeated, 6% bit flips"},
+        config={"codes": f"{what}, repeated, {FLIP:.0%} of {'sub-codes replaced' if pq else 'bits flipped'}"},
+        **cs_args,
     )
-    del ids
-    logger.info("%d codes and their code set in %.0f s", n, time.perf_counter() - t0)
-
-    flat = faiss.IndexBinaryFlat(nbits)
-    flat.add(db)
+    del ids, db
+    logger.info("%d codes, their code set and indexes in %.0f s", n, time.perf_counter() - t0)
     exact_d, _ = flat.search(q, k)
-    nlist = args.nlist or (1024 if n <= 2_000_000 else 4096)
-    # The same training sample and seed as build_index_set's below: the same lists, served or direct.
-    ivf = ivf_template(db, nbits, nlist=nlist, nprobe=1, train_size=min(n, 64 * nlist), seed=args.seed)
-    ivf.add(db)
-    del db
     sweep = []
     for nprobe in (16, 32, 64, 128, 256):
         ivf.nprobe = nprobe
@@ -343,6 +391,7 @@ def bench_size(n: int, args, work: Path) -> list[dict]:
     rows = []
     common = {
         "codes": n,
+        "code_kind": args.code_kind,
         "bits": nbits,
         "k": k,
         "threads": args.threads,
@@ -357,18 +406,20 @@ def bench_size(n: int, args, work: Path) -> list[dict]:
         for placement in args.placements.split(","):
             lat = single_query_ms(index, q, k, best_threads[kind])
             before, by_threads = direct_qps(index, q, k, args.threads, repeat)
-            served = serve_and_load(ix.uri, q, k, args, placement)
+            served = serve_and_load(ix.uri, sent, k, args, placement)
             after, _ = direct_qps(index, q, k, args.threads, repeat)  # again after: drift in the load shows as a gap
             direct = (before + after) / 2
             for s in served:
                 dist = s.pop("served_distances")
-                if kind == "flat" and not np.array_equal(dist, exact_d[: len(dist)]):
+                same = np.allclose if pq else np.array_equal  # float distances: to faiss's last bits
+                if kind == "flat" and not same(dist, exact_d[: len(dist)]):
                     raise AssertionError("served flat results differ from a direct flat search")
                 # One query at a time is compared with one faiss call per query; load, with one call for all.
                 ref = 1e3 / lat[2] if s["concurrency"] == 1 else direct
                 rows.append(
                     {
                         **common,
+                        "command": command_line(),
                         "index": kind,
                         **params,
                         "direct_qps": ref,
@@ -397,7 +448,9 @@ def bench_size(n: int, args, work: Path) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000000,10000000")
-    parser.add_argument("--bits", type=int, default=64)
+    parser.add_argument("--code-kind", choices=("binary", "pq"), default="binary")
+    parser.add_argument("--bits", type=int, default=64, help="binary codes' length (pq codes are 64 bits: M=8)")
+    parser.add_argument("--queries", type=int, default=1000, help="the first N of the protocol's 1,000 queries")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument(
         "--threads",
@@ -461,10 +514,19 @@ def main() -> int:
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")  # a fresh local cluster
     work = Path(args.workdir or tempfile.mkdtemp(prefix="search-bench-"))
+    # Rows of the other code kind stay (a row without code_kind is binary), with the command that made them.
+    kept, command = [], command_line()
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            old = orjson.loads(f.read())
+        kept = [r for r in old["rows"] if r.get("code_kind", "binary") != args.code_kind]
+        if args.code_kind != "binary":
+            command = old["command"] if kept else command
+            kept = [{"command": old["command"], **r} if "command" not in r else r for r in kept]
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         rows += bench_size(n, args, work)
-        write_result(args.out, {"command": command_line(), "rows": rows})
+        write_result(args.out, {"command": command, "rows": kept + rows})
     return 0
 
 
