@@ -393,6 +393,7 @@ def bench_size(n: int, args, work: Path) -> list[dict]:
         "codes": n,
         "code_kind": args.code_kind,
         "bits": nbits,
+        "queries": len(q),
         "k": k,
         "threads": args.threads,
         "shards": args.shards,
