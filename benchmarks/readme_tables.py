@@ -177,24 +177,30 @@ def _find(rows: list[dict], **want) -> dict | None:
     return None
 
 
-def search_table(result: dict) -> str:
-    rows = result.get("rows", [])
+def search_table(result: dict, code_kind: str = "binary") -> str:
+    """The rows of one code kind (a row without ``code_kind`` is binary): a line per size and index."""
+    rows = [r for r in result.get("rows", []) if r.get("code_kind", "binary") == code_kind]
+    batched = [r for r in rows if r.get("format") == "arrow" and r.get("concurrency", 1) > 1]
+    sizes = sorted({r["queries_per_request"] for r in batched}) or [64, 1000]
+    small, bulk = sizes[0], sizes[-1]
     lines = [
-        "| codes | index | direct faiss, q/s | served / direct: 64 queries a request (arrow) "
-        "| 1,000 queries a request (packed) | 1,000 a request, shard deployments | one query at a time, p50 / p99 ms "
-        "| through Serve's proxy, p50 ms | speed-up over flat | recall@100 |",
+        f"| codes | index | direct faiss, q/s | served / direct: {small} queries a request (arrow) "
+        f"| {bulk:,} queries a request (packed) | {bulk:,} a request, shard deployments "
+        "| one query at a time, p50 / p99 ms | through Serve's proxy, p50 ms | speed-up over flat | recall@100 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     groups = list(dict.fromkeys((r["codes"], r["index"], r.get("nlist"), r.get("nprobe")) for r in rows))
     for codes, kind, nlist, nprobe in groups:
         same = [
-            r for r in rows if (r["codes"], r["index"], r.get("nlist"), r.get("nprobe")) == (codes, kind, nlist, nprobe)
+            r
+            for r in batched + rows
+            if (r["codes"], r["index"], r.get("nlist"), r.get("nprobe")) == (codes, kind, nlist, nprobe)
         ]
-        small = _find(same, placement="ingress", concurrency=16, queries_per_request=64, format="arrow")
-        bulk = _find(same, placement="ingress", concurrency=16, queries_per_request=1000, format="arrow")
-        deployed = _find(same, placement="deployments", concurrency=16, queries_per_request=1000, format="arrow")
+        small_row = _find(same, placement="ingress", queries_per_request=small, format="arrow")
+        bulk_row = _find(same, placement="ingress", queries_per_request=bulk, format="arrow")
+        deployed = _find(same, placement="deployments", queries_per_request=bulk, format="arrow")
         single = _find(same, placement="ingress", concurrency=1, queries_per_request=1)
-        ref = bulk or small or same[0]
+        ref = bulk_row or small_row or same[0]
         name = "flat" if kind == "flat" else f"{kind} ({nlist} lists, nprobe {nprobe})"
 
         def ratio(r: dict | None) -> str:
@@ -202,15 +208,19 @@ def search_table(result: dict) -> str:
 
         latency = f"{single['p50_ms']:.1f} / {single['p99_ms']:.1f}" if single else DASH
         lines.append(
-            f"| {codes / 1e6:g}M | {name} | {_num(ref.get('direct_qps'), ',.0f')} | {ratio(small)} | {ratio(bulk)} "
-            f"| {ratio(deployed)} | {latency} | {_num(single and single.get('proxy_p50_ms'), '.1f')} "
+            f"| {codes / 1e6:g}M | {name} | {_num(ref.get('direct_qps'), ',.0f')} | {ratio(small_row)} "
+            f"| {ratio(bulk_row)} | {ratio(deployed)} | {latency} "
+            f"| {_num(single and single.get('proxy_p50_ms'), '.1f')} "
             f"| {_num(ref.get('speedup_over_flat'), '.0f')}x | {_num(ref.get('recall_at_100'), '.3f')} |"
         )
     first = rows[0] if rows else {}
+    kind = "pq codes (M = 8, K = 256)" if code_kind == "pq" else "codes"
+    in_flight = max((r["concurrency"] for r in batched), default=DASH)
     lines += [
         "",
-        f"{first.get('bits', DASH)}-bit codes, k = {first.get('k', DASH)}, {first.get('shards', DASH)} shards; "
-        f"`{result.get('command', DASH)}`.",
+        f"{first.get('bits', DASH)}-bit {kind}, k = {first.get('k', DASH)}, {first.get('shards', DASH)} shards, "
+        f"{first.get('queries', 1000):,} queries, {in_flight} requests in flight when batched; "
+        f"`{first.get('command', result.get('command', DASH))}`.",
     ]
     return "\n".join(lines)
 
@@ -220,6 +230,7 @@ def results_blocks(results: Path) -> dict[str, Callable[[], str]]:
         "quality": lambda: quality_table(_load(results, "fmnist_map.json")["rows"]),
         "encode": lambda: encode_table(_load(results, "encode.json")),
         "search": lambda: search_table(_load(results, "search.json")),
+        "search-pq": lambda: search_table(_load(results, "search.json"), "pq"),
     }
 
 
