@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--baselines",
         nargs="*",
-        help="baselines scored beside the checkpoint (default: itq lsh; a pq checkpoint also gets pq)",
+        help="baselines scored beside the checkpoint (default: itq lsh); a pq checkpoint also gets pq unless none",
     )
     p.add_argument("--output", help="report folder (default: <checkpoint>/eval)")
     p.set_defaults(func=cmd_eval)

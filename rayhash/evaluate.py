@@ -30,15 +30,18 @@ from rayhash.models.encoder import ImageEncoder
 
 logger = logging.getLogger(__name__)
 
-# The non-learned reference each kind of code is held against (PROTOCOL.md), scored beside every
-# checkpoint of that kind whatever eval.baselines lists: ITQ, binary codes' reference, is already in
+# The non-learned reference each kind of code is held against (PROTOCOL.md), scored beside a
+# checkpoint of that kind whenever any baseline is: ITQ, binary codes' reference, is already in
 # eval.baselines' default; product-quantised codes are held against PQ on the same pixels.
 KIND_BASELINES = {pq_lib.KIND: ("pq",)}
 
 
 def baselines_for(code_kind: str, configured: Sequence[str]) -> list[str]:
     """The baselines to score beside a checkpoint of ``code_kind``: ``configured`` (eval.baselines),
-    then its kind's reference (:data:`KIND_BASELINES`) where not already listed."""
+    then its kind's reference (:data:`KIND_BASELINES`) where not already listed. An empty
+    ``configured`` asks for no baselines, and gets none."""
+    if not configured:
+        return []
     return list(dict.fromkeys([*configured, *KIND_BASELINES.get(code_kind, ())]))
 
 

@@ -135,3 +135,4 @@ def test_a_pq_checkpoint_is_also_held_against_pq_on_pixels():
     assert baselines_for("binary", ()) == []
     assert baselines_for("pq", ("itq", "lsh")) == ["itq", "lsh", "pq"]
     assert baselines_for("pq", ("pq", "itq")) == ["pq", "itq"]
+    assert baselines_for("pq", ()) == []  # no baselines asked for: none

@@ -88,7 +88,8 @@ def evaluate_run(cfg: TrainConfig, checkpoint_uri: str, *, show: bool = True) ->
     the scores by label and the report's files. ``show`` prints the table and files.
 
     The baselines are ``eval.baselines``, and for a checkpoint of product-quantised codes also PQ on
-    the same pixels, the reference that kind is held against (:func:`rayhash.evaluate.baselines_for`).
+    the same pixels, the reference that kind is held against, unless ``eval.baselines`` is empty
+    (:func:`rayhash.evaluate.baselines_for`).
     """
     from rayhash.evaluate import baselines_for, evaluate_baseline, evaluate_checkpoint, format_table, write_report
     from rayhash.train.loop import load_split
