@@ -12,8 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 # The kinds the main job carries from training to the serve app. "pq" code sets and index sets
-# are written (the encode job, the index build) and scored (rayhash.metrics_pq), but the serve app
-# does not take them yet.
+# are written (the encode job, the index build), but the serve app and metrics do not take them yet.
 WRITABLE_KINDS = ("binary",)
 
 
