@@ -1,14 +1,19 @@
-"""Fashion-MNIST protocol (shared/PROTOCOL.md): DSCH, DCUH, PSCH, their ablations, ITQ and LSH at 16/32/64 bits.
+"""Fashion-MNIST protocol (shared/PROTOCOL.md): the deep methods, their ablations and the baselines at 16/32/64 bits.
 
     python benchmarks/fmnist_map.py --bits 16 32 64 --seeds 0 1 2 --methods dsch dsch-ablation itq lsh
+    python benchmarks/fmnist_map.py --bits 16 32 64 --seeds 0 1 2 --methods deepquan deepquan-ablation pq
 
-Each (method, bits, seed) trains through the real Ray trainer (local cluster) and is scored by the
-same harness as ``rayhash eval``, from configs/fmnist-<method>-<bits>.yaml (an ablation uses its
-method's config with ``method.ablation=true``). Rows are merged into benchmarks/results/fmnist_map.json as
-they finish, so a long sweep can be stopped and resumed; extra ``--section.key=value`` arguments
-override the config of the deep methods (recorded in each row). ``--data.protocol=fmnist-all``
-trains on the whole 69,000-image database without labels (PROTOCOL.md's clearly labelled second
-row: same queries and database); each row records ``train_images``.
+A deep method (dsch, dcuh, psch, deepquan) trains through the real Ray trainer (local cluster) for
+each (method, bits, seed), from configs/fmnist-<method>-<bits>.yaml (an ablation uses its method's
+config with ``method.ablation=true``), and is scored by the same harness as ``rayhash eval``: binary
+codes by Hamming ranking, DeepQuan's product-quantised codes by asymmetric distance from each
+query's z. A baseline (itq, lsh, pq: rayhash.baselines) is fitted on the raw pixels of the training
+images; pq's queries are ranked by asymmetric distance from their pixels. Rows are merged into
+benchmarks/results/fmnist_map.json as they finish, so a long sweep can be stopped and resumed; extra
+``--section.key=value`` arguments override the config of the deep methods (recorded in each row).
+``--data.protocol=fmnist-all`` trains on the whole 69,000-image database without labels
+(PROTOCOL.md's clearly labelled second row: same queries and database); each row records
+``train_images``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,12 @@ def load_rows() -> list[dict]:
 
 
 def save_rows(rows: list[dict], command: str) -> None:
-    write_result(RESULTS, {"protocol": "fmnist-1k", "command": command, "rows": rows})
+    """Replace the file's rows; its other keys (the whole sweep's command, the note) stay as written."""
+    result = {"protocol": "fmnist-1k", "command": command, "rows": rows}
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as f:
+            result = {**json.load(f), "rows": rows}  # keeps the file's key order
+    write_result(RESULTS, result)
 
 
 def run_deep(method: str, bits: int, seed: int, overrides: list[str], storage: str) -> dict:
@@ -99,14 +109,17 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    from rayhash.baselines import BASELINES
+
+    if any(method not in BASELINES for method in args.methods):  # baselines alone need no cluster
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     for bits in args.bits:
         for seed in args.seeds:
             for method in args.methods:
                 t0 = time.perf_counter()
                 extra = (
                     run_baseline(method, bits, seed)
-                    if method in ("itq", "lsh")
+                    if method in BASELINES
                     else run_deep(method, bits, seed, overrides, args.storage)
                 )
                 row = {

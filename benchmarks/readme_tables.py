@@ -34,15 +34,20 @@ HEADLINE_TRAIN_IMAGES = 5000  # PROTOCOL.md's training set; other sizes get a ro
 METHOD_LABELS = {
     "itq": "ITQ on raw pixels",
     "lsh": "LSH on raw pixels",
+    "pq": "PQ on raw pixels",
     "dsch-ablation": "DSCH ablation (plain NT-Xent)",
     "dsch": "DSCH",
     "dcuh-ablation": "DCUH ablation (invariance only)",
     "dcuh": "DCUH",
     "psch-ablation": "PSCH ablation (hard 0/1 targets)",
     "psch": "PSCH",
+    "deepquan-ablation": "DeepQuan ablation (no triplet term)",
+    "deepquan": "DeepQuan",
 }
-# Methods held to being ahead of ITQ on raw pixels and of their own ablation at every length.
-AHEAD_OF_CONTROLS = ("dcuh", "psch")
+# Methods held to being ahead of a non-learned baseline of their kind of code (ITQ for binary codes,
+# PQ for product-quantised ones, both on raw pixels) and of their own ablation at every length.
+AHEAD_OF_CONTROLS = {"dcuh": "itq", "psch": "itq", "deepquan": "pq"}
+SHORT_NAMES = {"itq": "ITQ", "pq": "PQ"}  # a baseline as the controls sentence names it
 DASH = "—"
 FILES = ("README.md", "docs/configuration.md", "docs/methods.md")  # the files whose blocks are written
 EVERY_CONFIG_BLOCK = "docs/configuration.md"  # must hold every config block: every key of every stage
@@ -115,9 +120,10 @@ def quality_status(runs: dict[tuple[str, int], list[float]]) -> str:
 
 
 def controls_status(runs: dict[tuple[str, int], list[float]], method: str) -> str:
-    """One sentence: at which lengths ``method``'s mean is ahead of, or behind, ITQ's and its ablation's."""
-    label = METHOD_LABELS[method]
-    controls = {"ITQ": METHOD_LABELS["itq"], "its ablation": METHOD_LABELS[f"{method}-ablation"]}
+    """One sentence: at which lengths ``method``'s mean is ahead of, or behind, its baseline's
+    (:data:`AHEAD_OF_CONTROLS`) and its ablation's."""
+    label, baseline = METHOD_LABELS[method], AHEAD_OF_CONTROLS[method]
+    controls = {SHORT_NAMES[baseline]: METHOD_LABELS[baseline], "its ablation": METHOD_LABELS[f"{method}-ablation"]}
     present = [b for b in BITS if runs.get((label, b))]
     if not present:
         return f"{label} has no rows yet."

@@ -1,9 +1,11 @@
-"""Shallow hashing baselines that every learned method must beat: LSH and ITQ.
+"""Shallow baselines that every learned method must beat: LSH and ITQ for binary codes, PQ for
+product-quantised ones.
 
-Both fit on a training set of feature vectors ``(n, d)`` and encode to continuous
-projections ``(n, nbits)`` that :func:`rayhash.codespec.binary.pack` binarises (bit = projection > 0).
-Their state is a plain dict of numpy arrays, so it saves with ``numpy.savez`` and loads
-without pickle.
+Each fits on a training set of feature vectors ``(n, d)`` and says the kind of code it gives
+(``code_kind``). LSH and ITQ encode to continuous projections ``(n, nbits)`` that
+:func:`rayhash.codespec.binary.pack` binarises (bit = projection > 0); PQ encodes to codes of
+M = nbits / 8 bytes, and a query keeps its features, scored by asymmetric distance. Their state is
+a plain dict of numpy arrays, so it saves with ``numpy.savez`` and loads without pickle.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 
 import numpy as np
 
+from rayhash.codespec import pq as pq_lib
 from rayhash.codespec.binary import check_nbits
 
 logger = logging.getLogger(__name__)
@@ -32,6 +35,8 @@ def _check_features(x, name: str = "x", dims: int | None = None, dtype=np.float6
 
 class _Baseline:
     """A mean to centre with and a linear projection ``(d, nbits)``: encode = (x - mean) @ W."""
+
+    code_kind = "binary"
 
     def __init__(self) -> None:
         self.mean: np.ndarray | None = None
@@ -139,11 +144,61 @@ def _quantisation_loss(z: np.ndarray) -> float:
     return float(np.square(np.where(z > 0, 1.0, -1.0) - z).sum())
 
 
-BASELINES = {"lsh": LSH, "itq": ITQ}
+class PQ:
+    """Product quantisation (Jegou, Douze and Schmid, TPAMI 2011): the features cut into M = nbits / 8
+    sub-spaces of consecutive dims, K = 256 centroids in each by k-means
+    (:func:`rayhash.codespec.pq.fit`), so a code is M bytes, as DeepQuan's are."""
+
+    code_kind = pq_lib.KIND
+
+    def __init__(self, niter: int = 25) -> None:
+        if niter < 1:
+            raise ValueError(f"niter must be >= 1 (k-means iterations per sub-space), got {niter}.")
+        self.niter = niter
+        self.spec: pq_lib.PQSpec | None = None  # the codebooks, once fitted
+
+    @property
+    def nbits(self) -> int:
+        return self._fitted().nbits
+
+    def _fitted(self) -> pq_lib.PQSpec:
+        if self.spec is None:
+            raise RuntimeError("PQ is not fitted: call fit(x, nbits, seed) or load_state_dict first.")
+        return self.spec
+
+    def fit(self, x, nbits: int, seed: int = 0) -> PQ:
+        x = _check_features(x, dtype=np.float32)
+        check_nbits(nbits)
+        m, dims = nbits // 8, x.shape[1]
+        if dims % m:
+            fits = ", ".join(str(8 * j) for j in range(1, 17) if dims % j == 0)
+            raise ValueError(
+                f"PQ cuts the {dims} features into M = nbits / 8 = {m} sub-spaces of equal width, and {m} does not "
+                f"divide {dims}; choose nbits = 8 * M for an M that divides it ({fits}, ...)."
+            )
+        self.spec = pq_lib.fit(x, m, 256, niter=self.niter, seed=seed)
+        return self
+
+    def encode(self, x) -> np.ndarray:
+        """Codes uint8 ``(n, M)``: the nearest centroid of each sub-space (queries are scored from ``x`` itself)."""
+        spec = self._fitted()
+        return pq_lib.encode(spec, _check_features(x, dims=spec.dim, dtype=np.float32))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"codebooks": self._fitted().codebooks.copy()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> PQ:
+        if "codebooks" not in state:
+            raise ValueError(f"PQ state needs 'codebooks' (M, K, d_sub); it holds {sorted(state)}.")
+        self.spec = pq_lib.PQSpec.from_codebooks(state["codebooks"])
+        return self
 
 
-def create_baseline(name: str, **kwargs) -> _Baseline:
-    """An unfitted baseline by name (``lsh`` or ``itq``)."""
+BASELINES = {"lsh": LSH, "itq": ITQ, "pq": PQ}
+
+
+def create_baseline(name: str, **kwargs) -> _Baseline | PQ:
+    """An unfitted baseline by name (``lsh``, ``itq`` or ``pq``)."""
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(sorted(BASELINES))}.")
     return BASELINES[name](**kwargs)

@@ -187,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-path", help="where the source's data is, if not where the run found it")
     p.add_argument("--k", type=int, help="mAP@k (default 1000; the same as --eval.k=...)")
-    p.add_argument("--baselines", nargs="*", help="baselines scored beside the checkpoint (default: itq lsh)")
+    p.add_argument(
+        "--baselines",
+        nargs="*",
+        help="baselines scored beside the checkpoint (default: itq lsh); a pq checkpoint also gets pq unless none",
+    )
     p.add_argument("--output", help="report folder (default: <checkpoint>/eval)")
     p.set_defaults(func=cmd_eval)
 

@@ -1,4 +1,5 @@
-"""Retrieval quality of packed binary codes, measured as ``PROTOCOL.md`` defines it.
+"""Retrieval quality of packed binary codes, measured as ``PROTOCOL.md`` defines it
+(:mod:`rayhash.metrics_pq` measures product-quantised codes, by asymmetric distance).
 
 The database is ranked by Hamming distance to each query, ties broken by database position
 (a stable sort), so every figure is deterministic. Labels are integer classes ``(n,)``
@@ -242,6 +243,7 @@ def evaluate_codes(
     relevant = _ranked_relevance(query_codes, db_codes, query_labels, db_labels, k)
     precision, recall = pr_curve_by_radius(query_codes, db_codes, query_labels, db_labels, nbits)
     return {
+        "code_kind": "binary",
         "map_at_k": float(average_precision(relevant).mean()),
         "k": int(k),
         "nbits": int(nbits),

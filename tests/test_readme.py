@@ -122,6 +122,23 @@ def test_every_method_gets_a_row_and_a_sentence_against_its_controls():
     assert "PSCH has no rows yet." in table
 
 
+def test_deepquan_is_held_against_pq_on_raw_pixels_and_its_ablation():
+    t = _tables()
+    rows = [
+        {"method": "itq", "bits": 16, "map_at_1000": 0.9},  # binary codes' control, not DeepQuan's
+        {"method": "pq", "bits": 16, "map_at_1000": 0.69},
+        {"method": "deepquan-ablation", "bits": 16, "map_at_1000": 0.72},
+        {"method": "deepquan", "bits": 16, "map_at_1000": 0.70},
+    ]
+    table = t.quality_table(rows)
+    assert f"| PQ on raw pixels | 0.690 (n=1) | {t.DASH} | {t.DASH} |" in table
+    assert f"| DeepQuan ablation (no triplet term) | 0.720 (n=1) | {t.DASH} | {t.DASH} |" in table
+    assert (
+        "DeepQuan is ahead of PQ at 16 bits; behind its ablation at 16 bits (0.700 against 0.720); "
+        "no rows at 32 bits and 64 bits." in table
+    )
+
+
 def test_check_fails_where_a_registered_method_has_no_config_table(repo_copy: Path):
     (repo_copy / "docs").mkdir()
     text = (ROOT / "docs" / "configuration.md").read_text()

@@ -84,19 +84,21 @@ def run_training(
 
 
 def evaluate_run(cfg: TrainConfig, checkpoint_uri: str, *, show: bool = True) -> tuple[dict[str, dict], dict[str, str]]:
-    """Score the checkpoint and the configured baselines on the run's protocol split and write the
-    report; returns the scores by label and the report's files. ``show`` prints the table and files."""
-    from rayhash.evaluate import evaluate_baseline, evaluate_checkpoint, format_table, write_report
+    """Score the checkpoint and its baselines on the run's protocol split and write the report; returns
+    the scores by label and the report's files. ``show`` prints the table and files.
+
+    The baselines are ``eval.baselines``, and for a checkpoint of product-quantised codes also PQ on
+    the same pixels, the reference that kind is held against, unless ``eval.baselines`` is empty
+    (:func:`rayhash.evaluate.baselines_for`).
+    """
+    from rayhash.evaluate import baselines_for, evaluate_baseline, evaluate_checkpoint, format_table, write_report
     from rayhash.train.loop import load_split
     from rayhash.train.progress import format_summary
 
     data, split = load_split(cfg.data)
-    results = {
-        f"{cfg.method.name}{'-ablation' if cfg.method.ablation else ''}": evaluate_checkpoint(
-            checkpoint_uri, data, split, cfg.eval.k
-        )
-    }
-    for name in cfg.eval.baselines:
+    scored = evaluate_checkpoint(checkpoint_uri, data, split, cfg.eval.k)
+    results = {f"{cfg.method.name}{'-ablation' if cfg.method.ablation else ''}": scored}
+    for name in baselines_for(scored["code_kind"], cfg.eval.baselines):
         results[f"{name} (pixels)"] = evaluate_baseline(name, data, split, cfg.model.bits, cfg.run.seed, cfg.eval.k)
     output = cfg.eval.output or storage.join(cfg.run.storage_path, cfg.run.name, "eval")
     paths = write_report(results, output)
