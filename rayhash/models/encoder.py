@@ -112,8 +112,8 @@ class ImageEncoder:
         """``(codes, search queries)``: a binary code is its own query; a pq code's is the continuous
         vector it quantises (float32 ``(n, M * d_sub)``), scored by asymmetric distance."""
         if self.code_kind != pq_lib.KIND:
-            codes = self.encode(images)
-            return codes, codes
+            packed = self.encode(images)
+            return packed, packed
         spec = self._pq_spec()
         if len(images) == 0:
             return np.empty((0, spec.m), dtype=np.uint8), np.empty((0, spec.dim), dtype=np.float32)
