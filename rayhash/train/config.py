@@ -79,7 +79,7 @@ class EvalConfig:
     enabled: bool = True
     k: int = 1000
     output: str = ""  # "" = <storage_path>/<name>/eval
-    baselines: tuple[str, ...] = ("itq", "lsh")  # on raw pixels, by the same harness
+    baselines: tuple[str, ...] = ("itq", "lsh")  # on raw pixels, same harness; a pq checkpoint adds pq unless empty
 
 
 @dataclass(frozen=True)
