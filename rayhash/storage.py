@@ -84,6 +84,23 @@ def join(uri: str, *parts: str) -> str:
     return os.path.join(uri, *parts)
 
 
+def check_relative(path: str, where: str) -> str:
+    """``path`` if it names a file under an artifact's root: relative, no ``..``, no scheme or
+    drive; else ``ValueError`` naming it. Manifests are read from wherever a user points rayhash,
+    so a manifest must not send a read (and a SHA-256 check) outside its own artifact."""
+    parts = str(path).replace("\\", "/").split("/")
+    if (
+        not isinstance(path, str)
+        or not path
+        or path.startswith(("/", "\\"))
+        or "://" in path
+        or ":" in parts[0]
+        or any(p in ("", ".", "..") for p in parts)
+    ):
+        raise ValueError(f"{where}: path {path!r} is not a plain relative path under the artifact's root; refused")
+    return path
+
+
 def to_uri(fs_path: str, like: str) -> str:
     """Turn a path returned by ``filesystem(like)`` back into a URI of the same scheme."""
     return "s3://" + fs_path.lstrip("/") if is_s3(like) else fs_path

@@ -58,6 +58,17 @@ def eval_transform(
     return transform
 
 
+def resize_to_input(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``(H, W, C)`` resized to ``size`` square exactly as :func:`eval_transform` resizes it
+    (which then leaves it as it is): whoever holds many images resizes them first, to the
+    model's input, and the codes come out the same."""
+    if image.shape[:2] == (size, size):
+        return image
+    if not image.flags.writeable:  # a decoder's read-only buffer: torch will not wrap it
+        image = image.copy()
+    return v2.functional.resize(_to_tensor(image), [size, size], antialias=True).permute(1, 2, 0).numpy()
+
+
 def eval_batch_transform(
     image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]
 ) -> Callable[[Sequence[np.ndarray]], torch.Tensor]:

@@ -310,6 +310,9 @@ def _parse(codeset_uri: str, data: bytes) -> CodeSetManifest:
         raise ValueError(
             f"{codeset_uri}: code set format {body.get('format_version')!r}; this rayhash reads format {FORMAT_VERSION}"
         )
+    where = f"{codeset_uri} manifest"
+    for s in (*body["shards"], *body["errors"], *([body["code_spec"]["codebooks"]] if "code_spec" in body else [])):
+        storage.check_relative(s["path"], where)
     return CodeSetManifest(
         uri=codeset_uri,
         nbits=int(body["nbits"]),

@@ -98,7 +98,9 @@ def _check_resources(cfg: EncodeConfig) -> None:
         )
 
 
-def _dataset(cfg: EncodeConfig, todo: pa.Table, ckpt: checkpoint.Checkpoint, mode: str) -> ray.data.Dataset:
+def _dataset(
+    cfg: EncodeConfig, todo: pa.Table, ckpt: checkpoint.Checkpoint, mode: str, image_size: int
+) -> ray.data.Dataset:
     # One block per read_batch items: the unit of reading and decoding.
     blocks = [todo.slice(s, cfg.read_batch) for s in range(0, todo.num_rows, cfg.read_batch)]
     ds = ray.data.from_arrow(blocks)
@@ -108,6 +110,7 @@ def _dataset(cfg: EncodeConfig, todo: pa.Table, ckpt: checkpoint.Checkpoint, mod
         max_bytes=cfg.max_image_bytes,
         max_pixels=cfg.max_image_pixels,
         mode=mode,
+        image_size=image_size,  # blocks hold model-sized pixels
     )
     if cfg.use_gpu:
         # Decode on CPU tasks so the GPU actors only run the model. On CPU, decoding inside the
@@ -181,7 +184,8 @@ def run_encode(cfg: EncodeConfig, *, on_staged: Callable[[int, int], None] | Non
     model_cfg = from_dict(ModelConfig, ckpt.config["model"])
     nbits = model_cfg.bits if spec is None else spec.nbits
     width = model_cfg.bits // 8 if spec is None else spec.m  # bytes per code
-    mode = "L" if input_spec(model_cfg).channels == 1 else "RGB"  # decode straight to what the model eats
+    model_input = input_spec(model_cfg)
+    mode = "L" if model_input.channels == 1 else "RGB"  # decode straight to what the model eats
     items = inputs.plan(cfg)
     run = staging.run_dir(ckpt.sha256, cfg)
     chunk_ids = items["chunk"].to_numpy()
@@ -210,7 +214,7 @@ def run_encode(cfg: EncodeConfig, *, on_staged: Callable[[int, int], None] | Non
     stream_started = time.perf_counter()
     if todo:
         _check_resources(cfg)
-        ds = _dataset(cfg, pa.concat_tables([chunks[i] for i in todo]), ckpt, mode)
+        ds = _dataset(cfg, pa.concat_tables([chunks[i] for i in todo]), ckpt, mode, model_input.image_size)
         batches = _progress(ds.iter_batches(batch_size=None, batch_format="pyarrow"), sum(todo.values()), cfg.progress)
         for i, rows in complete_chunks(batches, todo):
             staged[i] = staging.stage_chunk(cfg.output, run, i, fingerprints[i], rows, nbytes=width)

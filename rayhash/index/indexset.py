@@ -184,6 +184,9 @@ def _parse(uri: str, data: bytes) -> IndexSetManifest:
     if body.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{uri}: index set format {body.get('format_version')!r}; this rayhash reads {FORMAT_VERSION}")
     shards = tuple(ShardEntry(**s) for s in body["shards"])
+    for s in shards:
+        storage.check_relative(s.index_path, f"{uri} manifest")
+        storage.check_relative(s.ids_path, f"{uri} manifest")
     if sum(s.rows for s in shards) != body["counts"]["items"]:
         raise ValueError(
             f"{uri}: shard rows add up to {sum(s.rows for s in shards)}, counts say {body['counts']['items']}"
@@ -207,8 +210,9 @@ def _parse(uri: str, data: bytes) -> IndexSetManifest:
     )
 
 
-def read_index_manifest(uri: str) -> IndexSetManifest:
-    """The committed manifest of an index set (``uri`` is its directory or its manifest file)."""
+def read_index_manifest(uri: str, sha256: str | None = None) -> IndexSetManifest:
+    """The committed manifest of an index set (``uri`` is its directory or its manifest file);
+    with ``sha256``, only that version of it (:class:`rayhash.storage.ChecksumError` otherwise)."""
     uri = str(uri).rstrip("/")
     if uri.endswith(MANIFEST_FILE):
         uri = uri[: -len(MANIFEST_FILE)].rstrip("/")
@@ -218,7 +222,13 @@ def read_index_manifest(uri: str) -> IndexSetManifest:
             f"no {MANIFEST_FILE} at {uri}: the index set was never committed. "
             "Build it with `python jobs/build_index.py --codeset=... --out=...`."
         )
-    return _parse(uri, storage.read_bytes(manifest_uri))
+    data = storage.read_bytes(manifest_uri)
+    if sha256 is not None and storage.sha256_bytes(data) != sha256:
+        raise storage.ChecksumError(
+            f"{manifest_uri}: SHA-256 is {storage.sha256_bytes(data)}, but {sha256} is pinned: this is "
+            "not the index set version asked for (rebuilt or replaced since); pin the new one to serve it"
+        )
+    return _parse(uri, data)
 
 
 def read_spec(manifest: IndexSetManifest | str) -> pq_lib.PQSpec | None:

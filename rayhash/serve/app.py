@@ -26,7 +26,6 @@ import requests
 from ray import serve
 
 from rayhash import config
-from rayhash.data.decode import MAX_PIXELS
 from rayhash.index.indexset import read_index_manifest, read_spec
 from rayhash.models import checkpoint
 from rayhash.serve.encoder import EncoderDeployment
@@ -46,6 +45,7 @@ DEFAULT_OPTIONS = {
 @dataclass(frozen=True)
 class ServeConfig:
     index: str = ""  # index-set directory (local or s3://)
+    index_sha256: str = ""  # pins the index manifest's SHA-256: another version is refused ("" = any)
     checkpoint: str | None = None  # the encoder's checkpoint; None: the one the index's code set records
     encode_images: bool = True  # False: no encoder deployment, /search/image answers 503
     nprobe: int | None = None  # ivf: lists probed per query (default: the index's own)
@@ -55,7 +55,10 @@ class ServeConfig:
     max_k: int = 1000
     max_queries: int = 256  # codes per /search/codes or /search/packed request
     max_upload_bytes: int = 8 << 20
-    max_pixels: int = MAX_PIXELS  # decompression-bomb guard for uploads
+    # Pixels an upload may decode to (a JPEG decodes at reduced size first: see decode_image's
+    # draft): about 12 MB of RGB per decode, max_concurrent_decodes at a time per encoder replica.
+    max_pixels: int = 4_000_000
+    max_concurrent_decodes: int = 2
     timeout_s: float = 10.0  # per request, for every shard and the encoder
     device: str | None = None  # encoder device; None: CUDA when the replica has a GPU
     batch_rows: int = 256  # query rows per fan-out and per faiss call (at least max_queries)
@@ -85,7 +88,7 @@ def build_app(cfg: ServeConfig) -> serve.Application:
             f"batch_rows ({cfg.batch_rows}) must be at least max_queries ({cfg.max_queries}): "
             "one request's codes go to a shard in one batch"
         )
-    m = read_index_manifest(cfg.index)
+    m = read_index_manifest(cfg.index, cfg.index_sha256 or None)
     spec = read_spec(m)  # pq: the codebooks, checksummed, that turn code queries into vectors
     encoder, model = None, None
     if cfg.encode_images:
@@ -111,6 +114,7 @@ def build_app(cfg: ServeConfig) -> serve.Application:
             code_kind=m.code_kind,
             max_bytes=cfg.max_upload_bytes,
             max_pixels=cfg.max_pixels,
+            max_concurrent_decodes=cfg.max_concurrent_decodes,
             device=cfg.device,
             max_batch_size=cfg.encode_batch_size,
             batch_wait_s=cfg.encode_batch_wait_s,
@@ -123,6 +127,7 @@ def build_app(cfg: ServeConfig) -> serve.Application:
             IndexShardDeployment.options(name=f"shard-{i}", **shard_opts).bind(
                 m.uri,
                 i,
+                manifest_sha256=m.sha256,  # every replica loads the version this app was built on
                 nprobe=cfg.nprobe,
                 threads=cfg.threads,
                 batch_rows=cfg.batch_rows,
@@ -163,7 +168,9 @@ def build_app(cfg: ServeConfig) -> serve.Application:
         max_upload_bytes=cfg.max_upload_bytes,
         timeout_s=cfg.timeout_s,
         batch_rows=cfg.batch_rows,
-        local={"uri": m.uri, "nprobe": cfg.nprobe, "threads": cfg.threads} if cfg.shards_in_ingress else None,
+        local={"uri": m.uri, "sha256": m.sha256, "nprobe": cfg.nprobe, "threads": cfg.threads}
+        if cfg.shards_in_ingress
+        else None,
         codebooks=None if spec is None else spec.codebooks,
     )
 

@@ -37,9 +37,11 @@ class SearchClient:
     Each result is a list of ``{"id", "distance"}`` sorted by distance, then id.
     """
 
-    def __init__(self, url: str, timeout: float = 30.0):
+    def __init__(self, url: str, timeout: float = 30.0, token: str | None = None):
         self.url, self.timeout = url.rstrip("/"), timeout
         self.session = requests.Session()
+        if token:  # a service started with RAYHASH_API_TOKEN(_FILE) wants it on every call
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
     def _request(self, method: str, path: str, **kw) -> requests.Response:
         r = self.session.request(method, self.url + path, timeout=self.timeout, **kw)

@@ -2,8 +2,11 @@
 across requests. A binary code is its own query; a pq code's query is the image's continuous
 vector, which the shards score by asymmetric distance.
 
-Decoding (and its refusal of bad bytes) runs per request in a worker thread; the model runs
-once per batch of decoded images (``@serve.batch``), on the GPU when the replica has one.
+Decoding (and its refusal of bad bytes) runs per request in a worker thread, at most
+``max_concurrent_decodes`` at a time, each bounded by ``max_pixels`` after a JPEG's reduced-size
+draft to the model's input size, from PNG, JPEG or WebP only: an upload's memory is bounded
+however many arrive. The model runs once per batch of decoded images (``@serve.batch``), on the
+GPU when the replica has one.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import numpy as np
 from ray import serve
 
-from rayhash.data.decode import ImageDecodeError, decode_image
+from rayhash.data.decode import SERVING_FORMATS, ImageDecodeError, decode_image
 from rayhash.models.encoder import ImageEncoder
 
 logger = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ class EncoderDeployment:
         code_kind: str = "binary",
         max_bytes: int,
         max_pixels: int,
+        max_concurrent_decodes: int = 2,
         device: str | None = None,
         max_batch_size: int = 32,
         batch_wait_s: float = 0.005,
@@ -51,6 +55,8 @@ class EncoderDeployment:
                 f"checkpoint {checkpoint_uri} writes {self.encoder.nbits}-bit codes; the index holds {nbits}"
             )
         self.max_bytes, self.max_pixels = max_bytes, max_pixels
+        self.draft = self.encoder.model.input.image_size  # a JPEG decodes at the smallest scale still this big
+        self.decoding = asyncio.Semaphore(max_concurrent_decodes)
         self.encode_batch.set_max_batch_size(max_batch_size)
         self.encode_batch.set_batch_wait_timeout_s(batch_wait_s)
         logger.info("encoder %s (%s) on %s", checkpoint_uri, self.encoder.checkpoint_sha256[:12], self.encoder.device)
@@ -59,9 +65,16 @@ class EncoderDeployment:
         """``(code uint8 (code_bytes,), query, "", "")``, or ``(None, None, reason, message)`` for bytes
         that are no usable image. The query is the code (binary), or the float32 vector (pq)."""
         try:
-            image = await asyncio.to_thread(
-                decode_image, data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, mode=None
-            )
+            async with self.decoding:
+                image = await asyncio.to_thread(
+                    decode_image,
+                    data,
+                    max_bytes=self.max_bytes,
+                    max_pixels=self.max_pixels,
+                    mode=None,
+                    formats=SERVING_FORMATS,
+                    draft=self.draft,
+                )
         except ImageDecodeError as e:
             return None, None, e.reason, str(e)
         code, query = await self.encode_batch(image)

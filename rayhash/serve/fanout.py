@@ -58,7 +58,7 @@ class FanOut:
         self.handles, self.timeout_s = handles, timeout_s
         self.local, self.local_ids, self.threads = [], None, 1
         if local:
-            m = indexset.read_index_manifest(local["uri"])
+            m = indexset.read_index_manifest(local["uri"], local.get("sha256"))
             loaded = [indexset.load_shard(m, i, nprobe=local.get("nprobe")) for i in range(len(m.shards))]
             self.local = [shards_lib.merge_shards(loaded)] if m.kind == "ivf" and len(loaded) > 1 else loaded
             # Ids by global key, for the merged top-k; fixed-width when they allow it, the fastest to gather.

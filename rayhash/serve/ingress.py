@@ -18,6 +18,7 @@ from ray import serve
 
 from rayhash.codespec import pq as pq_lib
 from rayhash.serve.answers import as_arrow, as_columns, as_objects
+from rayhash.serve.auth import BearerAuth
 from rayhash.serve.fanout import FanOut, answer_within
 from rayhash.serve.parsing import DECODE_STATUS, CodesQuery, Format, Limits
 from rayhash.serve.shard import query_rows
@@ -30,6 +31,8 @@ app = FastAPI(
     "(pq) codes by squared L2 (asymmetric from an image, symmetric through the codebooks from a code). Every "
     "result is a list of {id, distance} sorted by distance, then id; /stats names the code kind.",
 )
+# Built in each replica, which reads its token there (rayhash.serve.auth): none set, no check.
+app.add_middleware(BearerAuth)
 
 
 def _answer(body: dict, missing: list[int]) -> Response:
@@ -92,8 +95,19 @@ class SearchIngress:
     async def stats(self):
         return self.stats_body
 
-    @app.post("/search/codes", summary="k nearest items of each hex code")
-    async def search_codes(self, query: CodesQuery):
+    @app.post(
+        "/search/codes",
+        summary="k nearest items of each hex code",
+        # The body is read capped, then parsed (parsing.Limits.codes_query): declared here for the docs.
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": CodesQuery.model_json_schema()}},
+            }
+        },
+    )
+    async def search_codes(self, request: Request):
+        query = await self.limits.codes_query(request)
         k = self.limits.check_query(query.k, query.radius, len(query.codes))
         codes = self.limits.hex_codes(query.codes)
         return await self._search_answer(codes, k, query.radius, query.partial, query.format)

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import orjson
 from fastapi import HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from rayhash.codespec import binary as codes_lib
@@ -29,7 +30,10 @@ DECODE_STATUS = {
 }
 IMAGE_TYPES = ("multipart/form-data", "application/octet-stream")
 PACKED_TYPE = "application/octet-stream"
+JSON_TYPE = "application/json"
 MULTIPART_SLACK = 64 << 10  # boundaries and part headers around an uploaded file
+JSON_SLACK = 4 << 10  # the options beside the codes in a /search/codes body
+JSON_PER_CODE = 4  # quotes, comma and a space around each hex string
 
 Format = Literal["objects", "columns", "arrow"]
 
@@ -120,6 +124,34 @@ class Limits:
             return codes_lib.from_hex(codes, self.nbits)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
+
+    @property
+    def max_json_bytes(self) -> int:
+        """The largest ``/search/codes`` body: ``max_queries`` hex codes and the options."""
+        return self.max_queries * (2 * self.code_bytes + JSON_PER_CODE) + JSON_SLACK
+
+    async def codes_query(self, request: Request) -> CodesQuery:
+        """The ``/search/codes`` body, read up to :attr:`max_json_bytes` and only then parsed:
+        an oversized body costs no more memory than the cap, and its JSON is never built."""
+        ctype = content_type(request)
+        if ctype != JSON_TYPE:
+            raise HTTPException(415, f"Content-Type {ctype or '(none)'} is not JSON: send {JSON_TYPE}")
+        limit = f"{self.max_json_bytes} bytes ({self.max_queries} codes, this service's max_queries)"
+        body = await read_capped(request, self.max_json_bytes, limit)
+        try:
+            parsed = orjson.loads(body)  # nesting deeper than orjson's limit (1,024) fails here too
+        except orjson.JSONDecodeError as e:
+            raise HTTPException(422, f"the body is not valid JSON: {e}") from None
+        codes = parsed.get("codes") if isinstance(parsed, dict) else None
+        if isinstance(codes, list) and len(codes) > self.max_queries:
+            raise HTTPException(
+                413, f"{len(codes)} codes in one request; this service takes at most {self.max_queries}"
+            )
+        try:
+            return CodesQuery.model_validate(parsed)
+        except ValidationError as e:
+            detail = [{"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]} for err in e.errors()]
+            raise HTTPException(422, detail) from None
 
     async def packed_codes(self, request: Request) -> np.ndarray:
         """The body's raw codes, ``code_bytes`` each (packed bits, or one byte per pq sub-space),

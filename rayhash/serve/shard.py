@@ -54,13 +54,15 @@ class IndexShardDeployment:
         index_uri: str,
         shard: int,
         *,
+        manifest_sha256: str | None = None,
         nprobe: int | None = None,
         threads: int = 1,
         batch_rows: int = 256,
         batch_wait_s: float = 0.0,
     ):
         self.threads = threads
-        self.shard = indexset.load_shard(index_uri, shard, nprobe=nprobe)  # raises ChecksumError first
+        manifest = indexset.read_index_manifest(index_uri, manifest_sha256)
+        self.shard = indexset.load_shard(manifest, shard, nprobe=nprobe)  # raises ChecksumError first
         self.ids = fixed_width_ids(self.shard.ids)  # what take_ids gathers fastest
         self.search_batch.set_max_batch_size(batch_rows)
         self.search_batch.set_batch_wait_timeout_s(batch_wait_s)

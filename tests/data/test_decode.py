@@ -136,3 +136,32 @@ def test_fit_square_and_decode_all(astronaut):
     assert skipped == (("b", "not_an_image"), ("c", "empty"), ("d", "unreadable"))
     with pytest.raises(ValueError, match="pass image_size"):
         decode_all([("a", encode(wide, "PNG")), ("e", encode(astronaut, "PNG"))], name="t")
+
+
+def test_a_jpeg_drafts_to_the_smallest_scale_still_big_enough(astronaut):
+    data = encode(astronaut, "JPEG", quality=90)  # 512 x 512
+    for draft, side in ((28, 64), (64, 64), (65, 128), (200, 256), (300, 512), (None, 512)):
+        assert decode_image(data, draft=draft).shape == (side, side, 3), draft
+    # the pixel cap applies to what is decoded: at its edge, exactly 64 x 64 passes
+    assert decode_image(data, draft=28, max_pixels=64 * 64).shape == (64, 64, 3)
+    with pytest.raises(ImageDecodeError, match=r"512x512 pixels \(64x64 decoded\) exceeds") as e:
+        decode_image(data, draft=28, max_pixels=64 * 64 - 1)
+    assert e.value.reason == "decompression_bomb"
+    # a PNG has no reduced-size decoding: its whole size counts
+    png = encode(astronaut, "PNG")
+    assert decode_image(png, draft=28, max_pixels=512 * 512).shape == (512, 512, 3)
+    with pytest.raises(ImageDecodeError, match="512x512 pixels exceeds"):
+        decode_image(png, draft=28, max_pixels=512 * 512 - 1)
+
+
+def test_the_serving_formats_refuse_what_they_do_not_list(astronaut):
+    from rayhash.data.decode import SERVING_FORMATS
+
+    small = astronaut[:32, :32]
+    for fmt in ("PNG", "JPEG", "WEBP"):
+        assert decode_image(encode(small, fmt), formats=SERVING_FORMATS).shape == (32, 32, 3)
+    for fmt in ("GIF", "BMP", "TIFF"):
+        assert decode_image(encode(small, fmt)).shape == (32, 32, 3)  # the encode job reads them
+        with pytest.raises(ImageDecodeError, match=f"{fmt} is not one of PNG, JPEG, WEBP") as e:
+            decode_image(encode(small, fmt), formats=SERVING_FORMATS)
+        assert e.value.reason == "unsupported_format"

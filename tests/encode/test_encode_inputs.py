@@ -187,3 +187,19 @@ def test_complete_chunks_out_of_order():
         list(complete_chunks([batch(0)], {0: 2}))
     with pytest.raises(RuntimeError, match="did not ask for"):
         list(complete_chunks([batch(5)], {0: 1}))
+
+
+def test_large_images_are_resized_to_the_model_input_as_they_are_read(tmp_path, tiny_checkpoint):
+    """Blocks hold model-sized pixels, and the codes equal those of the full-size images."""
+    from rayhash.models.encoder import ImageEncoder
+
+    rng = np.random.default_rng(0)
+    photos = [rng.integers(0, 256, (300 + 17 * i, 260, 1), dtype=np.uint8) for i in range(4)]
+    for i, photo in enumerate(photos):
+        Image.fromarray(photo[..., 0]).save(tmp_path / f"p{i}.png")
+    items = inputs.plan(_cfg(input=str(tmp_path)))
+    out = inputs.load_images(items, max_bytes=1 << 22, max_pixels=1 << 20, mode="L", image_size=28)
+    assert out["shape"].to_pylist() == [[28, 28, 1]] * 4
+    encoder = ImageEncoder.from_checkpoint(tiny_checkpoint, device="cpu")
+    _, resized = inputs.images_of(out)
+    np.testing.assert_array_equal(encoder.encode(resized), encoder.encode(photos))

@@ -193,3 +193,24 @@ def test_roundtrip_on_s3(s3_bucket, tied_codeset):
     shard = indexset.load_shard(s3_bucket + "/ix", 0)
     assert shard.index.nprobe == 4 and len(shard) == 450
     assert indexset.load_shard(m, 0, nprobe=2).index.nprobe == 2
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../other/shard.faissindex", "shards/../../x", "s3://bucket/x"])
+def test_a_manifest_path_outside_its_artifact_is_refused(tmp_path, path):
+    rng = np.random.default_rng(0)
+    ids = [f"i{n}" for n in range(50)]
+    codes = rng.integers(0, 256, (50, 8), dtype=np.uint8)
+    kw = dict(ids=ids, codes=codes, sources=ids, nbits=64, checkpoint_uri="c", checkpoint_sha256="0" * 64, config={})
+    cs = codeset.write_codeset(str(tmp_path / "codes"), **kw)
+    m = build_index_set(cs.uri, str(tmp_path / "index"))
+    for manifest, key in (
+        (tmp_path / "index" / indexset.MANIFEST_FILE, "ids_path"),
+        (tmp_path / "codes" / "manifest.json", "path"),
+    ):
+        saved = manifest.read_text()
+        body = json.loads(saved)
+        body["shards"][0][key] = path
+        manifest.write_text(json.dumps(body))
+        with pytest.raises(ValueError, match="not a plain relative path under the artifact's root"):
+            indexset.read_index_manifest(m.uri) if key == "ids_path" else codeset.read_manifest(cs.uri)
+        manifest.write_text(saved)

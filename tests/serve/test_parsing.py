@@ -185,3 +185,42 @@ def test_pq_limits_take_m_byte_codes_and_a_float_radius():
         assert words in refused(PQ_LIMITS.hex_codes, codes).detail
     for radius in (-0.5, float("inf"), float("nan")):
         assert "squared L2 distance of 0 or more" in refused(PQ_LIMITS.check_query, 3, radius, 1).detail
+
+
+def _codes_body(n: int, **options) -> bytes:
+    import orjson
+
+    return orjson.dumps({"codes": ["ab" * 8] * n, **options})
+
+
+def test_a_codes_body_is_capped_before_it_is_parsed():
+    cap = LIMITS.max_json_bytes
+    assert cap == 64 * (16 + 4) + 4096
+    full = _codes_body(64, k=5, format="columns")
+    query = asyncio.run(LIMITS.codes_query(request(Body(full), "application/json")))
+    assert len(query.codes) == 64 and query.k == 5
+    # one byte over the cap, announced: refused unread; streamed: refused at the byte that passes it
+    over = full + b" " * (cap + 1 - len(full))
+    assert "exceeds" in refused(LIMITS.codes_query, request(Body(), "application/json", len(over))).detail
+    body = Body(*[over[i : i + 512] for i in range(0, len(over), 512)])
+    assert refused(LIMITS.codes_query, request(body, "application/json")).status_code == 413
+    assert body.reads == -(-(cap + 1) // 512)  # stopped reading there
+    at_cap = full + b" " * (cap - len(full))  # exactly the cap: whitespace is valid JSON
+    assert len(asyncio.run(LIMITS.codes_query(request(Body(at_cap), "application/json"))).codes) == 64
+
+
+@pytest.mark.parametrize(
+    "body,ctype,status,words",
+    [
+        (_codes_body(65), "application/json", 413, "65 codes in one request; this service takes at most 64"),
+        (_codes_body(100_000), "application/json", 413, "exceeds"),
+        (b"[" * 5000 + b"]" * 5000, "application/json", 413, "exceeds"),
+        (b"[" * 2000 + b"]" * 2000, "application/json", 422, "not valid JSON"),
+        (b'{"codes": ["00"], "kk": 1}', "application/json", 422, "Extra inputs are not permitted"),
+        (b'{"codes": "00"}', "application/json", 422, "valid list"),
+        (_codes_body(1), "text/plain", 415, "is not JSON"),
+    ],
+)
+def test_a_codes_body_that_is_too_big_deep_or_wrong_is_refused(body, ctype, status, words):
+    e = refused(LIMITS.codes_query, request(Body(body), ctype))
+    assert e.status_code == status and words in str(e.detail), e.detail

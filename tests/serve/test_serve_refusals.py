@@ -89,3 +89,9 @@ def test_a_shard_changed_after_the_build_fails_the_deploy(ray_cluster, index, tm
             )
     finally:
         serve.delete("rayhash-changed-shard")
+
+
+def test_a_pinned_index_manifest_serves_only_that_version(index):
+    build_app(ServeConfig(index=index.uri, index_sha256=index.sha256, encode_images=False))
+    with pytest.raises(storage.ChecksumError, match="is pinned: this is not the index set version asked for"):
+        build_app(ServeConfig(index=index.uri, index_sha256="0" * 64, encode_images=False))
