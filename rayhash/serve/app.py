@@ -29,7 +29,7 @@ from rayhash import config
 from rayhash.index.indexset import read_index_manifest, read_spec
 from rayhash.models import checkpoint
 from rayhash.serve.encoder import EncoderDeployment
-from rayhash.serve.ingress import SearchIngress
+from rayhash.serve.ingress import FANOUT_BATCHES, SearchIngress
 from rayhash.serve.shard import IndexShardDeployment
 
 logger = logging.getLogger(__name__)
@@ -79,10 +79,27 @@ def deployment_options(role: str, overrides: dict) -> dict:
     return opts
 
 
+def check_shard_autoscaling(cfg: ServeConfig) -> None:
+    """Refuse a shard autoscaling target that load can never reach: a shard sees at most
+    ``FANOUT_BATCHES`` requests in flight per ingress replica, so a higher target never scales."""
+    target = cfg.shards.get("autoscaling_config", {}).get("target_ongoing_requests")
+    if target is None or cfg.shards_in_ingress:
+        return
+    ingress = cfg.ingress.get("autoscaling_config", {}).get("max_replicas") or cfg.ingress.get("num_replicas", 1)
+    reachable = FANOUT_BATCHES * ingress
+    if target >= reachable:
+        raise ValueError(
+            f"shards.autoscaling_config.target_ongoing_requests={target} is never reached: each of the "
+            f"{ingress} ingress replica(s) keeps at most {FANOUT_BATCHES} requests in flight per shard, "
+            f"{reachable} in all; set it below {reachable} (1 or 2 scales on a modest load)"
+        )
+
+
 def build_app(cfg: ServeConfig) -> serve.Application:
     """The bound application; refuses an encoder whose model did not write the index's codes."""
     if not cfg.index:
         raise ValueError("set index: the index-set directory written by jobs/build_index.py")
+    check_shard_autoscaling(cfg)
     if cfg.batch_rows < cfg.max_queries:
         raise ValueError(
             f"batch_rows ({cfg.batch_rows}) must be at least max_queries ({cfg.max_queries}): "

@@ -35,6 +35,11 @@ app = FastAPI(
 app.add_middleware(BearerAuth)
 
 
+# Fan-outs one ingress replica runs at once: each is one request in flight at every shard, so a
+# shard replica's ongoing requests (what Serve autoscales on) stay at or below this many per ingress.
+FANOUT_BATCHES = 4
+
+
 def _answer(body: dict, missing: list[int]) -> Response:
     body.update(partial=bool(missing), missing_shards=missing)
     # orjson: serialises a many-result answer far faster than Starlette's json.dumps, on every request.
@@ -233,7 +238,9 @@ class SearchIngress:
 
     # Batch sizes count query rows (batch_size_fn), not requests: Serve's start-up warning that
     # max_batch_size x max_concurrent_batches exceeds max_ongoing_requests does not apply.
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0, max_concurrent_batches=4, batch_size_fn=query_rows)
+    @serve.batch(
+        max_batch_size=256, batch_wait_timeout_s=0.0, max_concurrent_batches=FANOUT_BATCHES, batch_size_fn=query_rows
+    )
     async def fan_out(self, codes: list[np.ndarray], ks: list[int]) -> list[tuple]:
         """One fan-out for every request that queued while the last one ran: under load, requests
         share shard calls (each an actor call with its own serialisation) and one merge. Several
