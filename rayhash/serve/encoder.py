@@ -19,6 +19,7 @@ from ray import serve
 
 from rayhash.data.decode import SERVING_FORMATS, ImageDecodeError, decode_image
 from rayhash.models.encoder import ImageEncoder
+from rayhash.serve.metrics import encoder_batch_histogram
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class EncoderDeployment:
         self.max_bytes, self.max_pixels = max_bytes, max_pixels
         self.draft = self.encoder.model.input.image_size  # a JPEG decodes at the smallest scale still this big
         self.decoding = asyncio.Semaphore(max_concurrent_decodes)
+        self.batch_sizes = encoder_batch_histogram()
         self.encode_batch.set_max_batch_size(max_batch_size)
         self.encode_batch.set_batch_wait_timeout_s(batch_wait_s)
         logger.info("encoder %s (%s) on %s", checkpoint_uri, self.encoder.checkpoint_sha256[:12], self.encoder.device)
@@ -82,6 +84,7 @@ class EncoderDeployment:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def encode_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        self.batch_sizes.observe(len(images))
         codes, queries = await asyncio.to_thread(self.encoder.encode_with_queries, images)
         return list(zip(codes, queries, strict=True))
 

@@ -26,6 +26,7 @@ from rayhash.index import indexset
 from rayhash.index import shards as shards_lib
 from rayhash.index.search import merge_topk
 from rayhash.serve.answers import id_lookup
+from rayhash.serve.metrics import shard_items_gauge
 from rayhash.serve.shard import search_shard, shard_info
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ class FanOut:
         if local:
             m = indexset.read_index_manifest(local["uri"], local.get("sha256"))
             loaded = [indexset.load_shard(m, i, nprobe=local.get("nprobe")) for i in range(len(m.shards))]
+            gauge = shard_items_gauge()
+            for s in loaded:
+                gauge.set(len(s), tags={"shard": str(s.number), "index_version": m.sha256[:12]})
             self.local = [shards_lib.merge_shards(loaded)] if m.kind == "ivf" and len(loaded) > 1 else loaded
             # Ids by global key, for the merged top-k; fixed-width when they allow it, the fastest to gather.
             self.local_ids = shards_lib.fixed_width_ids(shards_lib.shared_ids(self.local))

@@ -20,6 +20,7 @@ from rayhash.codespec import pq as pq_lib
 from rayhash.serve.answers import as_arrow, as_columns, as_objects
 from rayhash.serve.auth import BearerAuth
 from rayhash.serve.fanout import FanOut, answer_within
+from rayhash.serve.metrics import RequestMetrics
 from rayhash.serve.parsing import DECODE_STATUS, CodesQuery, Format, Limits
 from rayhash.serve.shard import query_rows
 
@@ -33,6 +34,7 @@ app = FastAPI(
 )
 # Built in each replica, which reads its token there (rayhash.serve.auth): none set, no check.
 app.add_middleware(BearerAuth)
+app.add_middleware(RequestMetrics)  # added last, so outermost: refusals by the token check count too
 
 
 # Fan-outs one ingress replica runs at once: each is one request in flight at every shard, so a

@@ -25,6 +25,7 @@ from ray import serve
 
 from rayhash.index import indexset
 from rayhash.index.shards import IndexShard, fixed_width_ids, take_ids
+from rayhash.serve.metrics import shard_items_gauge
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class IndexShardDeployment:
         self.threads = threads
         manifest = indexset.read_index_manifest(index_uri, manifest_sha256)
         self.shard = indexset.load_shard(manifest, shard, nprobe=nprobe)  # raises ChecksumError first
+        shard_items_gauge().set(len(self.shard), tags={"shard": str(shard), "index_version": manifest.sha256[:12]})
         self.ids = fixed_width_ids(self.shard.ids)  # what take_ids gathers fastest
         self.search_batch.set_max_batch_size(batch_rows)
         self.search_batch.set_batch_wait_timeout_s(batch_wait_s)
