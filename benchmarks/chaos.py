@@ -11,6 +11,10 @@ brute-force answer (Hamming distance, then id). Scenarios:
 
 - ``shard-replica-kill``: SIGKILL one of shard 0's 2 replicas under a load of code queries;
 - ``encoder-kill``: SIGKILL one of the encoder's 2 replicas under a load of image queries;
+- ``s3-outage-encode``: the S3 endpoint (a moto server on loopback) goes away once an encode
+  job into ``s3://`` has staged two chunks: the job must fail with a clear error, the code set
+  committed before must stay whole, and a rerun once S3 is back must commit every input once
+  (``lost_rows``, ``duplicated_rows``), each code the model's (``success_rate_after``);
 - ``tampered-artifacts``: one byte changed in a checkpoint, a code shard and an index shard;
   each load is refused, naming the file (``requests`` counts the three, ``errors_by_status``
   what they raised);
@@ -318,9 +322,103 @@ def hostile(corpus: Corpus, args) -> dict:
         serve.delete("chaos-hostile")
 
 
+S3_ENV = {"AWS_ACCESS_KEY_ID": "chaos", "AWS_SECRET_ACCESS_KEY": "chaos", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class S3Server:
+    """A moto S3 server on loopback that can go away and come back on the same port, its
+    buckets intact (moto keeps them in this process while the HTTP server is down)."""
+
+    def __init__(self, port: int):
+        self.port, self.server = port, None
+        self.endpoint = f"http://127.0.0.1:{port}"
+
+    def up(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port)
+        self.server.start()
+
+    def down(self) -> None:
+        self.server.stop()
+
+
+def s3_outage_encode(corpus: Corpus, s3: S3Server, work: Path) -> dict:
+    """The S3 endpoint goes away mid-encode: the job fails with a clear error, the code set
+    committed before stays whole, and a rerun once S3 is back commits every input once, each
+    code equal to the model's."""
+    import boto3
+    import torch
+
+    from rayhash import storage
+    from rayhash.encode import EncodeConfig, codeset, run_encode
+    from rayhash.models import ModelConfig, build_model, checkpoint
+    from rayhash.models.encoder import ImageEncoder
+
+    boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1").create_bucket(Bucket="chaos")
+    n = 600
+    for i in range(n):
+        storage.write_bytes_atomic(f"s3://chaos/lake/{i:05d}.png", corpus.png(i))
+    torch.manual_seed(1)  # a second model: its run writes new chunks rather than reusing the first's
+    model_cfg = {"backbone": "small_cnn", "bits": 64}
+    second = str(work / "ckpt-2")
+    checkpoint.save(second, config={"model": model_cfg}, model=build_model(ModelConfig(**model_cfg)).state_dict())
+
+    def encode(ckpt: str, on_staged=None):
+        cfg = EncodeConfig(
+            input="s3://chaos/lake",
+            checkpoint=ckpt,
+            output="s3://chaos/codes",
+            rows_per_shard=100,
+            read_batch=50,
+            cpus_per_actor=0.5,
+            progress=False,
+        )
+        return run_encode(cfg, on_staged=on_staged)
+
+    before = encode(corpus.checkpoint)
+    outage = {"at": None}
+
+    def cut(done: int, total: int) -> None:
+        if outage["at"] is None and done >= 2:  # two chunks staged: the S3 endpoint goes away
+            outage["at"] = time.monotonic()
+            s3.down()
+
+    errors = collections.Counter()
+    try:
+        encode(second, on_staged=cut)
+        errors["committed despite the outage"] += 1
+    except Exception as e:  # what the user sees
+        errors[type(e).__name__] += 1
+        logger.info("encode during the S3 outage failed: %s", str(e)[:300])
+    failed_after = time.monotonic() - outage["at"] if outage["at"] else None
+    s3.up()
+    intact = codeset.read_manifest("s3://chaos/codes").sha256 == before.sha256
+    ids_before, codes_before, _ = codeset.read_codes(before)  # every shard's SHA-256 checked
+    after = encode(second)
+    ids, codes, _ = codeset.read_codes(after)
+    want = ImageEncoder.from_checkpoint(second, device="cpu").encode([corpus.images[int(i.split(".")[0])] for i in ids])
+    identical = sum(np.array_equal(c, w) for c, w in zip(codes, want))
+    return {
+        "scenario": "s3-outage-encode",
+        "requests": n,
+        "success_rate_during": 0.0 if errors["committed despite the outage"] == 0 else 1.0,
+        "success_rate_after": identical / n,
+        "errors_by_status": dict(errors),
+        "p99_ms_during": 0.0,
+        "lost_rows": n - len(set(ids)),
+        "duplicated_rows": len(ids) - len(set(ids)),
+        "previous_code_set_intact": bool(intact and len(ids_before) == n),
+        "seconds_to_fail_after_outage": failed_after,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", default="shard-replica-kill,encoder-kill,tampered-artifacts,hostile")
+    parser.add_argument(
+        "--scenarios", default="shard-replica-kill,encoder-kill,s3-outage-encode,tampered-artifacts,hostile"
+    )
+    parser.add_argument("--s3-port", type=int, default=8798)
     parser.add_argument("--threads", type=int, default=4, help="clients in the load loop")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before the fault")
     parser.add_argument("--window", type=float, default=5.0, help="seconds after the fault that count as during")
@@ -331,13 +429,25 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    s3 = S3Server(args.s3_port)
+    s3.up()  # before Ray starts, so its workers get the endpoint
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": s3.endpoint}
+    os.environ.update(env)
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        logging_level="WARNING",
+        runtime_env={"env_vars": env},
+    )
     work = Path(tempfile.mkdtemp(prefix="chaos-"))
     corpus = Corpus(work)
     wanted = args.scenarios.split(",")
     rows = []
     if {"shard-replica-kill", "encoder-kill"} & set(wanted):
         rows += [r for r in replica_scenarios(corpus, args) if r["scenario"] in wanted]
+    if "s3-outage-encode" in wanted:
+        rows.append(s3_outage_encode(corpus, s3, work))
     if "tampered-artifacts" in wanted:
         rows.append(tampered_artifacts(corpus, work))
     if "hostile" in wanted:
