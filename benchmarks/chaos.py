@@ -5,9 +5,10 @@
 Each scenario runs a bounded client loop over HTTP on 127.0.0.1 against a real Serve app (an
 untrained small CNN's 64-bit codes of 2,000 Fashion-MNIST images, 2 shards) and records the
 requests sent, the success rate during the fault (from the fault to ``--window`` seconds after
-it) and after it, errors by HTTP status (``"exception"`` for a connection that failed), and the
-p99 latency during the fault. A search answer counts as a success only if it is exactly the
-brute-force answer (Hamming distance, then id). Scenarios:
+it, including requests in flight when it struck) and after it, errors by HTTP status
+(``"exception"`` for a connection that failed), and the p99 latency during the fault. A
+search answer counts as a success only if it is exactly the brute-force answer (Hamming
+distance, then id). Scenarios:
 
 - ``shard-replica-kill``: SIGKILL one of shard 0's 2 replicas under a load of code queries;
 - ``encoder-kill``: SIGKILL one of the encoder's 2 replicas under a load of image queries;
@@ -130,7 +131,7 @@ class Load:
 
 
 def summarize(scenario: str, records: list, fault_at: float, window: float) -> dict:
-    during = [r for r in records if fault_at <= r[0] < fault_at + window]
+    during = [r for r in records if r[1] >= fault_at and r[0] < fault_at + window]  # in flight at the fault too
     after = [r for r in records if r[0] >= fault_at + window]
     errors = collections.Counter(str(r[2]) for r in records if not (r[2] == 200 and r[3]))
     latency = [(r[1] - r[0]) * 1e3 for r in during]

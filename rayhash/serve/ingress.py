@@ -19,7 +19,7 @@ from ray import serve
 from rayhash.codespec import pq as pq_lib
 from rayhash.serve.answers import as_arrow, as_columns, as_objects
 from rayhash.serve.auth import BearerAuth
-from rayhash.serve.fanout import FanOut, answer_within
+from rayhash.serve.fanout import FanOut, answer_retried, answer_within
 from rayhash.serve.metrics import RequestMetrics
 from rayhash.serve.parsing import DECODE_STATUS, CodesQuery, Format, Limits
 from rayhash.serve.shard import query_rows
@@ -173,8 +173,8 @@ class SearchIngress:
                 503, "image search is off: this service runs without an encoder (start it with a checkpoint)"
             )
         data = await self.limits.image_upload(request)
-        code, query, reason, message = await answer_within(
-            self.encoder.encode.remote(data), "the encoder", self.timeout_s
+        code, query, reason, message = await answer_retried(
+            lambda: self.encoder.encode.remote(data), "the encoder", self.timeout_s
         )
         if code is None:
             raise HTTPException(DECODE_STATUS.get(reason, 422), f"not a usable image: {message}")
