@@ -16,6 +16,9 @@ distance, then id). Scenarios:
   job into ``s3://`` has staged two chunks: the job must fail with a clear error, the code set
   committed before must stay whole, and a rerun once S3 is back must commit every input once
   (``lost_rows``, ``duplicated_rows``), each code the model's (``success_rate_after``);
+- ``train-node-loss``: a 2-node local cluster (two raylets on this machine) loses the node that
+  holds both training workers after a round's checkpoint; a fresh node joins and the run must
+  finish from its checkpoint (:mod:`chaos_train`, run in a process of its own);
 - ``tampered-artifacts``: one byte changed in a checkpoint, a code shard and an index shard;
   each load is refused, naming the file (``requests`` counts the three, ``errors_by_status``
   what they raised);
@@ -414,10 +417,30 @@ def s3_outage_encode(corpus: Corpus, s3: S3Server, work: Path) -> dict:
     }
 
 
+def train_node_loss() -> dict:
+    """:mod:`chaos_train` in a process of its own: it starts its own 2-node cluster."""
+    import json
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    run = subprocess.run(
+        [sys.executable, str(here / "chaos_train.py"), "--rounds", "4", "--lose-after-round", "1"],
+        cwd=here.parent,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    lines = [line for line in run.stdout.splitlines() if line.startswith('{"scenario"')]
+    if not lines:
+        raise RuntimeError(f"chaos_train.py printed no row (exit {run.returncode}): {run.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--scenarios", default="shard-replica-kill,encoder-kill,s3-outage-encode,tampered-artifacts,hostile"
+        "--scenarios",
+        default="shard-replica-kill,encoder-kill,train-node-loss,s3-outage-encode,tampered-artifacts,hostile",
     )
     parser.add_argument("--s3-port", type=int, default=8798)
     parser.add_argument("--threads", type=int, default=4, help="clients in the load loop")
@@ -447,6 +470,8 @@ def main() -> int:
     rows = []
     if {"shard-replica-kill", "encoder-kill"} & set(wanted):
         rows += [r for r in replica_scenarios(corpus, args) if r["scenario"] in wanted]
+    if "train-node-loss" in wanted:
+        rows.append(train_node_loss())
     if "s3-outage-encode" in wanted:
         rows.append(s3_outage_encode(corpus, s3, work))
     if "tampered-artifacts" in wanted:
