@@ -231,12 +231,29 @@ def search_table(result: dict, code_kind: str = "binary") -> str:
     return "\n".join(lines)
 
 
+def chaos_table(result: dict) -> str:
+    """One line per failure drill of benchmarks/chaos.py."""
+    lines = [
+        "| scenario | requests | success during / after | errors | p99 during, ms | lost / duplicated rows |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result.get("rows", []):
+        errors = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors_by_status"].items())) or "none"
+        lines.append(
+            f"| {r['scenario']} | {r['requests']} | {r['success_rate_during']:.2f} / {r['success_rate_after']:.2f} "
+            f"| {errors} | {r['p99_ms_during']:,.0f} | {r['lost_rows']} / {r['duplicated_rows']} |"
+        )
+    hw = result.get("rows", [{}])[0].get("hardware", DASH) if result.get("rows") else DASH
+    return "\n".join([*lines, "", f"Measured on: {hw}; `{result.get('command', DASH)}`."])
+
+
 def results_blocks(results: Path) -> dict[str, Callable[[], str]]:
     return {
         "quality": lambda: quality_table(_load(results, "fmnist_map.json")["rows"]),
         "encode": lambda: encode_table(_load(results, "encode.json")),
         "search": lambda: search_table(_load(results, "search.json")),
         "search-pq": lambda: search_table(_load(results, "search.json"), "pq"),
+        "chaos": lambda: chaos_table(_load(results, "chaos.json")),
     }
 
 
