@@ -19,6 +19,7 @@ them against a numpy model.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -32,6 +33,17 @@ from rayhash.index.search import PAD, merge_topk, topk
 from rayhash.index.shards import IndexShard
 
 
+@dataclass(frozen=True)
+class _View:
+    """What a search reads, swapped whole when records arrive."""
+
+    overlay: object  # faiss flat index of the written codes, in id order
+    overlay_ids: np.ndarray
+    removed_sorted: np.ndarray  # built positions deleted or replaced
+    added: dict
+    removed: frozenset
+
+
 class LiveShard:
     """``shard`` (a loaded :class:`IndexShard`) with the write log applied up to :attr:`seq`."""
 
@@ -39,8 +51,7 @@ class LiveShard:
         self.shard, self.seq = shard, 0
         self.added: dict[str, np.ndarray] = {}  # id -> code, written since the build
         self.removed: set[int] = set()  # built positions deleted or replaced
-        self._overlay, self._overlay_ids = None, np.array([], dtype=object)
-        self._removed_sorted = np.array([], dtype=np.int64)
+        self._view = _View(None, np.array([], dtype=object), np.array([], dtype=np.int64), {}, frozenset())
 
     @property
     def code_bytes(self) -> int:
@@ -52,7 +63,9 @@ class LiveShard:
     def parse_code(self, text: str) -> np.ndarray:
         """A hex code of this index's kind and length as uint8 ``(code_bytes,)``; ValueError if not."""
         spec = self.shard.spec
-        parsed = codes_lib.from_hex([text], self.shard.nbits) if spec is None else pq_lib.from_hex([text], spec.m, spec.k)
+        parsed = (
+            codes_lib.from_hex([text], self.shard.nbits) if spec is None else pq_lib.from_hex([text], spec.m, spec.k)
+        )
         return parsed[0]
 
     def apply(self, records: Iterable[writelog.Record]) -> int:
@@ -89,30 +102,40 @@ class LiveShard:
         else:
             index = pq_index.flat_index(self.shard.spec)
             pq_index.add_codes(index, self.shard.spec, codes)
-        self._overlay, self._overlay_ids = index, np.array(ids, dtype=object)
-        self._removed_sorted = np.array(sorted(self.removed), dtype=np.int64)
+        # One assignment: a search running in another thread sees the old overlay or the new, whole.
+        self._view = _View(
+            index,
+            np.array(ids, dtype=object),
+            np.array(sorted(self.removed), dtype=np.int64),
+            dict(self.added),
+            frozenset(self.removed),
+        )
 
     def has(self, item_id: str) -> bool:
         return self.code_of(item_id) is not None
 
     def code_of(self, item_id: str) -> np.ndarray | None:
-        if item_id in self.added:
-            return self.added[item_id]
+        view = self._view
+        if item_id in view.added:
+            return view.added[item_id]
         pos = self.shard.position_of(item_id)
-        return None if pos is None or pos in self.removed else self.shard.code_of(item_id)
+        return None if pos is None or pos in view.removed else self.shard.code_of(item_id)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by (distance, id) over built and written items: ``(distances (q, k), ids object (q, k))``,
         pads ``-1`` / None. ``queries`` as :meth:`IndexShard.search` takes them."""
-        queries = self.shard._check(queries)
-        if not self.removed and not self.added:
+        queries, view = self.shard._check(queries), self._view
+        if not view.removed and not view.added:
             return self.shard.search(queries, k)
-        dist, pos = topk(self.shard.index, queries, k + len(self.removed))
-        gone = np.isin(pos, self._removed_sorted) | (pos < 0)
+        dist, pos = topk(self.shard.index, queries, k + len(view.removed))
+        gone = np.isin(pos, view.removed_sorted) | (pos < 0)
         base_ids = self.shard.ids_of(np.where(gone, PAD, pos))
         base_dist = np.where(gone, PAD, dist)
-        odist, opos = topk(self._overlay, queries, k) if len(self._overlay_ids) else (base_dist[:, :0], pos[:, :0])
-        over_ids = np.where(opos >= 0, self._overlay_ids[np.maximum(opos, 0)] if len(self._overlay_ids) else None, None)
+        if view.added:
+            odist, opos = topk(view.overlay, queries, k)
+            over_ids = np.where(opos >= 0, view.overlay_ids[np.maximum(opos, 0)], None)
+        else:
+            odist, over_ids = base_dist[:, :0], base_ids[:, :0]
         return merge_by_id(np.hstack([base_dist, odist]), np.hstack([base_ids, over_ids]), k)
 
 

@@ -75,7 +75,9 @@ def owner(first_ids: Sequence[str], item_id: str) -> int:
 
 
 def encode_record(record: Record) -> bytes:
-    ops = [{"op": o.op, "id": o.id, "shard": o.shard, **({"code": o.code} if o.op == "add" else {})} for o in record.ops]
+    ops = [
+        {"op": o.op, "id": o.id, "shard": o.shard, **({"code": o.code} if o.op == "add" else {})} for o in record.ops
+    ]
     body = json.dumps({"seq": record.seq, "index_sha256": record.index_sha256, "ops": ops}, sort_keys=True).encode()
     return storage.sha256_bytes(body).encode() + b"\n" + body
 

@@ -5,13 +5,24 @@ import numpy as np
 import pytest
 
 from rayhash import storage
+from rayhash.cli import main
 from rayhash.codespec import binary as codes_lib
 from rayhash.encode import codeset
 from rayhash.index import build_index_set, indexset, writelog
-from rayhash.index.compact import compact
 from rayhash.index.live import LiveShard, search_all
 
 SHA = "ab" * 32
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+    # Tiny searches: OpenMP threads only wait for each other on a busy machine.
+    import faiss
+
+    saved = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(saved)
 
 
 @pytest.fixture
@@ -50,7 +61,11 @@ def test_records_are_checksummed_numbered_and_never_overwritten(tmp_path):
     assert writelog.append(uri, SHA, ops[:1]) == 2
     assert writelog.append(uri, SHA, ops[1:], after=0) == 3  # a stale hint moves on, not over
     assert writelog.head(uri) == 3
-    assert [(r.seq, r.ops) for r in writelog.replay(uri, SHA)] == [(1, tuple(ops)), (2, tuple(ops[:1])), (3, tuple(ops[1:]))]
+    assert [(r.seq, r.ops) for r in writelog.replay(uri, SHA)] == [
+        (1, tuple(ops)),
+        (2, tuple(ops[:1])),
+        (3, tuple(ops[1:])),
+    ]
     path = writelog.record_uri(uri, 2)
     data = storage.read_bytes(path)
     storage.write_bytes_atomic(path, data.replace(b'"a"', b'"z"'))
@@ -88,7 +103,11 @@ def test_a_thousand_random_writes_answer_like_a_numpy_model(index):
                 del model[item]
                 ops.append(writelog.Op("delete", item, writelog.owner(first, item)))
             else:  # add a new id (some below and above every built id) or replace one
-                item = sorted(model)[rng.integers(len(model))] if roll < 0.6 else f"{rng.choice(['a', 'img-', 'z'])}{rng.integers(10**6)}"
+                item = (
+                    sorted(model)[rng.integers(len(model))]
+                    if roll < 0.6
+                    else f"{rng.choice(['a', 'img-', 'z'])}{rng.integers(10**6)}"
+                )
                 code = vocab[rng.integers(0, 40)] if rng.random() < 0.8 else rng.integers(0, 256, 2, dtype=np.uint8)
                 model[item] = code
                 ops.append(writelog.Op("add", item, writelog.owner(first, item), codes_lib.to_hex(code[None])[0]))
@@ -126,7 +145,10 @@ def test_compaction_equals_a_fresh_build_of_the_same_items(index, tmp_path):
             model.pop(op.id)
         else:
             model[op.id] = codes_lib.from_hex([op.code], 16)[0]
-    got = compact(m.uri, str(tmp_path / "cs2"), str(tmp_path / "index2"))
+    # jobs/compact.py's entry point
+    args = [f"--index={m.uri}", f"--codeset-out={tmp_path / 'cs2'}", f"--out={tmp_path / 'index2'}"]
+    assert main(["compact", *args]) == 0
+    got = indexset.read_index_manifest(str(tmp_path / "index2"))
     ids = sorted(model)
     cs = codeset.write_codeset(
         str(tmp_path / "cs3"),
