@@ -60,16 +60,17 @@ def compact(index_uri: str, out_codeset: str, out_index: str, up_to: int | None 
         raise ValueError(f"{m.uri}: every item is deleted; an index set needs at least one item")
     ids = sorted(items)
     codes = np.stack([items[i][0] for i in ids]).astype(np.uint8)
+    spec = codeset.read_spec(cs)
     new_cs = codeset.write_codeset(
         out_codeset,
         ids=ids,
         codes=codes,
         sources=[items[i][1] for i in ids],
-        nbits=cs.nbits,
+        nbits=cs.nbits if spec is None else None,  # pq codes are described by their spec
         checkpoint_uri=cs.checkpoint_uri,
         checkpoint_sha256=cs.checkpoint_sha256,
         config={**cs.config, "compacted_from": {"index": m.uri, "index_sha256": m.sha256, "writelog_seq": last}},
-        spec=codeset.read_spec(cs),
+        spec=spec,
     )
     params = {k: v for k, v in m.params.items() if k in ("nlist", "nprobe", "train_size", "seed")}
     built = build.build_index_set(new_cs.uri, out_index, num_shards=len(m.shards), kind=m.kind, **params)

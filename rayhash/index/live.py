@@ -71,12 +71,12 @@ class LiveShard:
     def apply(self, records: Iterable[writelog.Record]) -> int:
         """Apply ``records`` (in sequence order, each after :attr:`seq`) to this shard's overlay;
         ops owned by other shards are skipped. Returns the new :attr:`seq`."""
-        changed = False
+        changed, seq = False, self.seq
         for record in records:
-            if record.seq <= self.seq:
+            if record.seq <= seq:
                 continue
-            if record.seq != self.seq + 1:
-                raise ValueError(f"write-log record {record.seq} follows {self.seq}: records must be applied in order")
+            if record.seq != seq + 1:
+                raise ValueError(f"write-log record {record.seq} follows {seq}: records must be applied in order")
             for op in record.ops:
                 if op.shard != self.shard.number:
                     continue
@@ -88,10 +88,12 @@ class LiveShard:
                     self.added[op.id] = self.parse_code(op.code)
                 else:
                     self.added.pop(op.id, None)
-            self.seq = record.seq
+            seq = record.seq
         if changed:
             self._rebuild()
-        return self.seq
+        # Only now: a search that finds seq far enough along skips the catch-up, so the view must be there.
+        self.seq = seq
+        return seq
 
     def _rebuild(self) -> None:
         ids = sorted(self.added)  # faiss positions in id order: ties then break by id

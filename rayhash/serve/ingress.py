@@ -6,7 +6,7 @@ for (:mod:`rayhash.serve.answers`).
 
 Routes: ``GET /healthz``, ``GET /stats``, ``POST /search/codes``, ``POST /search/packed``,
 ``POST /search/image``, ``GET /items/{id}/neighbors``; with live writes on (``writes=true``),
-``POST /items`` and ``DELETE /items/{id}`` too (:mod:`rayhash.serve.writes`: durable in the
+``POST /items``, ``POST /items/{id}/image`` and ``DELETE /items/{id}`` too (:mod:`rayhash.serve.writes`: durable in the
 write log before they are acknowledged, seen by every search after). Without them those two
 answer 405 saying how to turn writes on.
 """
@@ -114,6 +114,21 @@ class SearchIngress:
     )
     async def add_items(self, request: Request):
         return await self._writer().add(request)
+
+    @app.post(
+        "/items/{item_id:path}/image",
+        summary="add (or replace) an item by an image, encoded by this service's encoder; acknowledged once durable",
+        description="Send the image as /search/image takes it: multipart/form-data field `file`, or the raw body.",
+    )
+    async def add_image(self, item_id: str, request: Request):
+        writer = self._writer()
+        if self.encoder is None:
+            raise HTTPException(503, "image writes need the encoder: this service runs without one (add codes instead)")
+        data = await self.limits.image_upload(request)
+        code, _, reason, message = await answer_within(self.encoder.encode.remote(data), "the encoder", self.timeout_s)
+        if code is None:
+            raise HTTPException(DECODE_STATUS.get(reason, 422), f"not a usable image: {message}")
+        return await writer.add_codes([item_id], np.asarray(code, dtype=np.uint8)[None])
 
     @app.delete("/items/{item_id:path}", summary="delete an item (404 if no such id); acknowledged once durable")
     async def delete_item(self, item_id: str):

@@ -3,6 +3,8 @@
 ``POST /items`` takes ``{"items": [{"id": "a/1", "code": "<hex>"}, ...]}`` (at most
 ``max_queries`` items; codes of the index's kind and length, as ``/search/codes`` takes them)
 and answers ``{"seq": n, "added": [...], "replaced": [...]}``; an id already served is replaced.
+``POST /items/{id}/image`` adds (or replaces) one item by an uploaded image, encoded by the
+service's own encoder (the model that wrote the index's codes), and answers as ``POST /items``.
 ``DELETE /items/{id}`` answers ``{"seq": n, "deleted": id}``, or a 404 for an id not served.
 
 A write is acknowledged only once its record is durable in the index set's write log
@@ -88,10 +90,14 @@ class Writer:
     async def add(self, request: Request) -> dict:
         parsed = await self.parse(request)
         codes = self.limits.hex_codes([item.code for item in parsed.items])  # kind and length: a 422 if not
+        return await self.add_codes([item.id for item in parsed.items], codes)
+
+    async def add_codes(self, ids: list[str], codes) -> dict:
+        """Append ``ids`` with their checked codes (uint8 rows of the index's code length)."""
         first = await self.owners()
         ops = [
-            writelog.Op("add", item.id, writelog.owner(first, item.id), bytes(code).hex())
-            for item, code in zip(parsed.items, codes, strict=True)
+            writelog.Op("add", item_id, writelog.owner(first, item_id), bytes(code).hex())
+            for item_id, code in zip(ids, codes, strict=True)
         ]
         found = await asyncio.gather(*(self.exists(op.id, op.shard) for op in ops))
         seq = await self.append(ops)

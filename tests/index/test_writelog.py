@@ -9,6 +9,7 @@ from rayhash.cli import main
 from rayhash.codespec import binary as codes_lib
 from rayhash.encode import codeset
 from rayhash.index import build_index_set, indexset, writelog
+from rayhash.index.compact import compact
 from rayhash.index.live import LiveShard, search_all
 
 SHA = "ab" * 32
@@ -166,3 +167,39 @@ def test_compaction_equals_a_fresh_build_of_the_same_items(index, tmp_path):
         (s.index_sha256, s.ids_sha256, s.rows) for s in want.shards
     ]
     assert writelog.head(got.uri) == 0  # the new version starts with an empty log
+
+
+def test_pq_writes_answer_as_their_compacted_index(tmp_path):
+    from rayhash.codespec import pq
+
+    rng = np.random.default_rng(4)
+    spec = pq.fit(rng.standard_normal((64, 12)).astype(np.float32), 4, 16, niter=10, seed=1)
+    ids = [f"img/{i:04d}" for i in range(300)]
+    cs = codeset.write_codeset(
+        str(tmp_path / "cs"),
+        ids=ids,
+        codes=rng.integers(0, 16, (300, 4)).astype(np.uint8),
+        sources=ids,
+        spec=spec,
+        checkpoint_uri="ck",
+        checkpoint_sha256="0" * 64,
+        config={},
+    )
+    m = build_index_set(cs.uri, str(tmp_path / "index"), num_shards=2)
+    first = [indexset.load_shard(m, i).ids[0].as_py() for i in range(2)]
+    ops = [writelog.Op("delete", i, writelog.owner(first, i)) for i in ids[::5]]
+    for i in [*ids[1::7], "a", "img/0150x", "z"]:
+        ops.append(writelog.Op("add", i, writelog.owner(first, i), bytes(rng.integers(0, 16, 4, np.uint8)).hex()))
+    writelog.append(m.uri, m.sha256, ops)
+    live = [LiveShard(indexset.load_shard(m, i)) for i in range(2)]
+    for s in live:
+        s.apply(writelog.replay(m.uri, m.sha256))
+    with pytest.raises(ValueError, match="centroid"):
+        live[0].parse_code("00001f00")  # K = 16: no centroid 31
+    c = compact(m.uri, str(tmp_path / "cs2"), str(tmp_path / "index2"))
+    fresh = [LiveShard(indexset.load_shard(c, i)) for i in range(2)]
+    queries = rng.standard_normal((15, 12)).astype(np.float32)
+    for k in (1, 20, 400):
+        got, want = search_all(live, queries, k), search_all(fresh, queries, k)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
