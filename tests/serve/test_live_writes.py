@@ -1,18 +1,22 @@
-"""Live writes over real HTTP: POST /items and DELETE /items/{id} on a real Serve app with 2
-shards of 2 replicas each, held against a numpy model of the index; then every shard replica
-is killed, and what was acknowledged must still be served by their replacements."""
+"""Live writes over real HTTP: POST /items, POST /items/{id}/image and DELETE /items/{id} on a
+real Serve app with 2 shards of 2 replicas each, held against a numpy model of the index; then
+every shard replica is killed, and what was acknowledged must still be served by their
+replacements."""
 
+import io
 import socket
 import time
 
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 from rayhash.codespec import binary as codes_lib
 from rayhash.encode.codeset import write_codeset
 from rayhash.index import build_index_set, writelog
-from rayhash.serve import start
+from rayhash.models.encoder import ImageEncoder
+from rayhash.serve import SearchClient, SearchError, start
 
 APP = "rayhash-live-writes-test"
 N = 400
@@ -38,12 +42,12 @@ class Model:
 
 
 @pytest.fixture(scope="module")
-def served(ray_cluster, tmp_path_factory):
+def served(ray_cluster, tmp_path_factory, tiny_checkpoint):
     from ray import serve
 
     root = tmp_path_factory.mktemp("live")
     rng = np.random.default_rng(5)
-    vocab = rng.integers(0, 256, (30, 2), dtype=np.uint8)  # 16-bit codes from 30 values: ties everywhere
+    vocab = rng.integers(0, 256, (30, 8), dtype=np.uint8)  # 64-bit codes from 30 values: ties everywhere
     ids = [f"item-{i:04d}" for i in range(N)]
     codes = vocab[rng.integers(0, 30, N)]
     cs = write_codeset(
@@ -51,9 +55,9 @@ def served(ray_cluster, tmp_path_factory):
         ids=ids,
         codes=codes,
         sources=ids,
-        nbits=16,
-        checkpoint_uri="file:///no-model",
-        checkpoint_sha256="cd" * 32,
+        nbits=64,
+        checkpoint_uri=tiny_checkpoint,  # its encoder turns image writes into codes
+        checkpoint_sha256=ImageEncoder.from_checkpoint(tiny_checkpoint, device="cpu").checkpoint_sha256,
         config={},
     )
     index = build_index_set(cs.uri, str(root / "index"), num_shards=2)
@@ -63,7 +67,6 @@ def served(ray_cluster, tmp_path_factory):
         name=APP,
         route_prefix="/live",
         ready_timeout_s=240,
-        encode_images=False,
         writes=True,
         timeout_s=10.0,
         # Killed replicas come back soon: the test needs them replaced, not gone.
@@ -100,7 +103,7 @@ def delete(url, model, item):
 
 def queries(vocab, seed, n=8):
     rng = np.random.default_rng(seed)
-    return vocab[rng.integers(0, len(vocab), n)] ^ (rng.random((n, 2)) < 0.1).astype(np.uint8)
+    return vocab[rng.integers(0, len(vocab), n)] ^ (rng.random((n, 8)) < 0.03).astype(np.uint8)
 
 
 def test_every_replica_sees_a_write_once_it_is_acknowledged(served):
@@ -120,7 +123,7 @@ def test_every_replica_sees_a_write_once_it_is_acknowledged(served):
                     else f"{rng.choice(['a', 'item-', 'z'])}{rng.integers(10**5)}"
                 )
                 items[item] = (
-                    vocab[rng.integers(len(vocab))] if rng.random() < 0.8 else rng.integers(0, 256, 2, dtype=np.uint8)
+                    vocab[rng.integers(len(vocab))] if rng.random() < 0.8 else rng.integers(0, 256, 8, dtype=np.uint8)
                 )
             add(url, model, items)
         # Several searches straight after the acknowledgement: with 2 replicas a shard, both answer some.
@@ -137,13 +140,33 @@ def test_refusals_say_what_is_wrong(served):
     r = requests.delete(f"{url}/items/no-such-id", timeout=30)
     assert r.status_code == 404 and "no item with id 'no-such-id'" in r.json()["detail"]
     r = requests.post(f"{url}/items", json={"items": [{"id": "x", "code": "00ff00"}]}, timeout=30)
-    assert r.status_code == 422 and "16-bit" in str(r.json()["detail"]), r.text
+    assert r.status_code == 422 and "64-bit" in str(r.json()["detail"]), r.text
     r = requests.post(
-        f"{url}/items", json={"items": [{"id": "x", "code": "0000"}, {"id": "x", "code": "0001"}]}, timeout=30
+        f"{url}/items", json={"items": [{"id": "x", "code": "00" * 8}, {"id": "x", "code": "01" * 8}]}, timeout=30
     )
     assert r.status_code == 422 and "twice" in r.json()["detail"]
     r = requests.post(f"{url}/items", json={"items": []}, timeout=30)
     assert r.status_code == 422
+    r = requests.post(f"{url}/items/x/image", data=b"not an image", headers={"Content-Type": "image/png"}, timeout=30)
+    assert r.status_code == 422 and "not a usable image" in r.json()["detail"]
+
+
+def test_an_image_write_stores_the_code_of_the_index_own_encoder(served, fashion_mnist, tiny_checkpoint):
+    url, model, _, _ = served
+    client = SearchClient(url)
+    image = fashion_mnist.images[11]
+    code = ImageEncoder.from_checkpoint(tiny_checkpoint, device="cpu").encode([image])
+    buf = io.BytesIO()
+    Image.fromarray(image.squeeze(-1)).save(buf, format="PNG")
+    answer = client.add_image("photo/11", buf.getvalue())
+    assert answer["added"] == ["photo/11"] and answer["seq"] >= 1
+    model.items["photo/11"] = code[0]
+    assert search(url, code, 20) == model.search(code, 20)
+    assert client.delete_item("photo/11")["deleted"] == "photo/11"
+    del model.items["photo/11"]
+    with pytest.raises(SearchError, match="no item with id 'photo/11'"):
+        client.delete_item("photo/11")
+    assert search(url, code, 20) == model.search(code, 20)
 
 
 def shard_replicas() -> list:
@@ -161,7 +184,8 @@ def test_acknowledged_writes_survive_killing_every_shard_replica(served):
     import ray
 
     url, model, vocab, index = served
-    seq = add(url, model, {"zz-after-kill": np.array([1, 2], np.uint8), "item-0001": np.array([3, 4], np.uint8)})
+    one, two = np.arange(8, dtype=np.uint8), np.arange(8, 16, dtype=np.uint8)
+    seq = add(url, model, {"zz-after-kill": one, "item-0001": two})
     seq = delete(url, model, "item-0002")
     assert writelog.head(index.uri) == seq  # durable before the acknowledgement
     before = shard_replicas()
@@ -176,7 +200,7 @@ def test_acknowledged_writes_survive_killing_every_shard_replica(served):
         time.sleep(0.5)
     else:
         pytest.fail("Serve did not replace the killed shard replicas within 120 s")
-    q = np.vstack([queries(vocab, 3), [[1, 2], [3, 4]]]).astype(np.uint8)
+    q = np.vstack([queries(vocab, 3), one, two])
     while time.monotonic() < deadline:  # the new replicas answer once they have loaded and replayed
         r = requests.post(f"{url}/search/codes", json={"codes": codes_lib.to_hex(q), "k": 10}, timeout=30)
         if r.status_code == 200:
