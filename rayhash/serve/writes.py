@@ -22,6 +22,7 @@ from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rayhash.index import writelog
+from rayhash.serve.fanout import answer_within
 from rayhash.serve.parsing import JSON_TYPE, content_type, read_capped
 
 HEAD_REFRESH_S = 1.0
@@ -58,7 +59,12 @@ class Writer:
 
     async def owners(self) -> list[str]:
         if self.first_ids is None:  # fixed for an index version: asked once
-            infos = await asyncio.gather(*(self.shards.call(i, "info") for i in range(len(self.shards))))
+            infos = await asyncio.gather(
+                *(
+                    answer_within(self.shards.call(i, "info"), f"shard {i}", self.shards.timeout_s)
+                    for i in range(len(self.shards))
+                )
+            )
             self.first_ids = [info["first_id"] for info in infos]
         return self.first_ids
 
@@ -84,8 +90,9 @@ class Writer:
         return parsed
 
     async def exists(self, item_id: str, shard: int) -> bool:
-        code = await self.shards.call(shard, "code_of", item_id, self.shards.min_seq)
-        return code is not None
+        # A lost replica or a slow shard is a 503 that says to retry: nothing was written yet.
+        call = self.shards.call(shard, "code_of", item_id, self.shards.min_seq)
+        return await answer_within(call, f"shard {shard}", self.shards.timeout_s) is not None
 
     async def add(self, request: Request) -> dict:
         parsed = await self.parse(request)
