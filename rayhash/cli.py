@@ -139,6 +139,19 @@ def cmd_index(ns: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_compact(ns: argparse.Namespace, overrides: list[str]) -> int:
+    import json
+
+    from rayhash.config import ConfigError
+    from rayhash.index.compact import compact
+
+    if overrides:
+        raise ConfigError(f"compact takes --index, --codeset-out, --out and --up-to only, not {' '.join(overrides)}")
+    m = compact(ns.index, ns.codeset_out, ns.out, ns.up_to)
+    print(json.dumps({"index": m.uri, "items": m.items, "shards": len(m.shards), "manifest_sha256": m.sha256}))
+    return 0
+
+
 def cmd_serve(ns: argparse.Namespace, overrides: list[str]) -> int:
     import dataclasses
     import time
@@ -198,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="build faiss binary index shards from a code set (--codeset=... --out=...)")
     p.add_argument("--config", help="YAML of rayhash.index.IndexBuildConfig keys")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("compact", help="fold an index set's write log into a new code set and index set version")
+    p.add_argument("--index", required=True, help="the index set whose write log to fold in (local or s3://)")
+    p.add_argument("--codeset-out", required=True, help="where to write the new code set")
+    p.add_argument("--out", required=True, help="where to write the new index set")
+    p.add_argument("--up-to", type=int, help="the last write-log record to fold in (default: all)")
+    p.set_defaults(func=cmd_compact)
 
     p = sub.add_parser("serve", help="serve search over an index set (binary or pq codes) on Ray Serve (blocks)")
     p.add_argument("--index", required=True, help="index-set directory (local or s3://)")

@@ -151,6 +151,46 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
             os.remove(tmp)
 
 
+def write_bytes_new(uri: str, data: bytes) -> bool:
+    """Create ``uri`` holding ``data`` all at once, only if nothing is there yet: True if this call
+    created it, False if it already existed (another writer got there first). What appends to a
+    log from several processes builds on: each record's name is claimed by one writer alone."""
+    fs, path = filesystem(uri)
+    if is_s3(uri):
+        import boto3
+        import botocore.exceptions
+
+        kw = _s3_kwargs()["client_kwargs"]
+        bucket, _, key = path.partition("/")
+        try:  # a conditional PUT: S3 refuses it (412) when the key exists
+            boto3.client("s3", **kw).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and fails if the name is taken, where os.replace would overwrite
+        except FileExistsError:
+            return False
+        # The new name is durable only once its directory is: an acknowledged record must survive a crash.
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+    finally:
+        os.remove(tmp)
+
+
 def write_text_atomic(uri: str, text: str) -> None:
     write_bytes_atomic(uri, text.encode("utf-8"))
 

@@ -52,6 +52,8 @@ class ServeConfig:
     threads: int = 1  # faiss OpenMP threads per search call (of a shard replica, or of a shard held by the ingress)
     # True: each ingress replica holds every shard (IVF merged into one); no shard deployments
     shards_in_ingress: bool = False
+    # True: POST /items and DELETE /items/{id}, through the index set's write log (rayhash.index.writelog)
+    writes: bool = False
     max_k: int = 1000
     max_queries: int = 256  # codes per /search/codes or /search/packed request
     max_upload_bytes: int = 8 << 20
@@ -100,6 +102,10 @@ def build_app(cfg: ServeConfig) -> serve.Application:
     if not cfg.index:
         raise ValueError("set index: the index-set directory written by jobs/build_index.py")
     check_shard_autoscaling(cfg)
+    if cfg.writes and cfg.shards_in_ingress:
+        raise ValueError(
+            "writes=true needs shard deployments (each replays the write log); set shards_in_ingress=false"
+        )
     if cfg.batch_rows < cfg.max_queries:
         raise ValueError(
             f"batch_rows ({cfg.batch_rows}) must be at least max_queries ({cfg.max_queries}): "
@@ -149,6 +155,7 @@ def build_app(cfg: ServeConfig) -> serve.Application:
                 threads=cfg.threads,
                 batch_rows=cfg.batch_rows,
                 batch_wait_s=cfg.shard_batch_wait_s,
+                writes=cfg.writes,
             )
             for i in range(len(m.shards))
         ]
@@ -160,6 +167,7 @@ def build_app(cfg: ServeConfig) -> serve.Application:
         "items": m.items,
         "nbits": m.nbits,
         "placement": "ingress" if cfg.shards_in_ingress else "deployments",
+        "writes": cfg.writes,
         "index": {
             "uri": m.uri,
             "manifest_sha256": m.sha256,
@@ -189,6 +197,7 @@ def build_app(cfg: ServeConfig) -> serve.Application:
         if cfg.shards_in_ingress
         else None,
         codebooks=None if spec is None else spec.codebooks,
+        writes=cfg.writes,
     )
 
 

@@ -113,6 +113,25 @@ class SearchClient:
             "results"
         ]
 
+    def add_items(self, items: dict[str, str | np.ndarray]) -> dict:
+        """Add (or replace) items ``{id: code}`` (hex, or uint8 codes) on a service with writes on;
+        answers ``{"seq", "added", "replaced"}`` once the write is durable."""
+        body = [
+            {"id": i, "code": c if isinstance(c, str) else bytes(np.asarray(c, np.uint8)).hex()}
+            for i, c in items.items()
+        ]
+        return self._send("POST", "/items", json={"items": body})
+
+    def add_image(self, item_id: str, image: bytes | str | os.PathLike) -> dict:
+        """Add (or replace) ``item_id`` with the code the service's own encoder gives ``image``."""
+        data = image if isinstance(image, (bytes, bytearray)) else open(image, "rb").read()
+        files = {"file": ("image", bytes(data), "application/octet-stream")}
+        return self._send("POST", f"/items/{quote(item_id, safe='')}/image", files=files)
+
+    def delete_item(self, item_id: str) -> dict:
+        """Delete ``item_id``: ``{"seq", "deleted"}``, or :class:`SearchError` 404 if it is not served."""
+        return self._send("DELETE", f"/items/{quote(item_id, safe='')}")
+
     def stats(self) -> dict:
         return self._send("GET", "/stats")
 

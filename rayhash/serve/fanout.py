@@ -72,6 +72,7 @@ class FanOut:
 
     def __init__(self, handles: list, *, timeout_s: float, local: dict | None = None):
         self.handles, self.timeout_s = handles, timeout_s
+        self.min_seq = None  # with live writes: the write-log record every search must reflect
         self.local, self.local_ids, self.threads = [], None, 1
         if local:
             m = indexset.read_index_manifest(local["uri"], local.get("sha256"))
@@ -114,7 +115,8 @@ class FanOut:
         error = "no answer"
         while (left := deadline - loop.time()) > 0:
             try:
-                return await asyncio.wait_for(self.call(i, "search", codes, k), left)
+                args = (codes, k) if self.min_seq is None else (codes, k, self.min_seq)
+                return await asyncio.wait_for(self.call(i, "search", *args), left)
             except RayActorError as e:
                 # The replica died while running this request (Serve re-routes only requests it had
                 # not started). Searching is idempotent: the router has dropped the dead replica,

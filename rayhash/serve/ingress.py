@@ -3,6 +3,12 @@
 Each route checks its input (:mod:`rayhash.serve.parsing`), asks every shard
 (:mod:`rayhash.serve.fanout`, which also merges their answers) and answers in the format asked
 for (:mod:`rayhash.serve.answers`).
+
+Routes: ``GET /healthz``, ``GET /stats``, ``POST /search/codes``, ``POST /search/packed``,
+``POST /search/image``, ``GET /items/{id}/neighbors``; with live writes on (``writes=true``),
+``POST /items``, ``POST /items/{id}/image`` and ``DELETE /items/{id}`` too (:mod:`rayhash.serve.writes`: durable in the
+write log before they are acknowledged, seen by every search after). Without them those two
+answer 405 saying how to turn writes on.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures' types at runtime.
@@ -23,6 +29,7 @@ from rayhash.serve.fanout import FanOut, answer_retried, answer_within
 from rayhash.serve.metrics import RequestMetrics
 from rayhash.serve.parsing import DECODE_STATUS, CodesQuery, Format, Limits
 from rayhash.serve.shard import query_rows
+from rayhash.serve.writes import ItemsWrite, Writer
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +73,7 @@ class SearchIngress:
         batch_rows: int = 256,
         local: dict | None = None,
         codebooks=None,
+        writes: bool = False,
     ):
         """``shards``: one handle per shard deployment; or none, and ``local={"uri", "nprobe", "threads"}``:
         the index set whose shards this replica loads and searches itself. ``codebooks``: a pq
@@ -84,6 +92,47 @@ class SearchIngress:
             pq_k=self.spec.k if self.spec else 256,
         )
         self.fan_out.set_max_batch_size(batch_rows)
+        index = stats["index"]
+        self.writer = Writer(self.shards, index["uri"], index["manifest_sha256"], self.limits) if writes else None
+
+    def _writer(self) -> Writer:
+        if self.writer is None:
+            raise HTTPException(
+                405, "this service is read-only: start it with writes=true to add and delete items through the API"
+            )
+        return self.writer
+
+    @app.post(
+        "/items",
+        summary="add items by code (an id already served is replaced); acknowledged once durable",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ItemsWrite.model_json_schema()}},
+            }
+        },
+    )
+    async def add_items(self, request: Request):
+        return await self._writer().add(request)
+
+    @app.post(
+        "/items/{item_id:path}/image",
+        summary="add (or replace) an item by an image, encoded by this service's encoder; acknowledged once durable",
+        description="Send the image as /search/image takes it: multipart/form-data field `file`, or the raw body.",
+    )
+    async def add_image(self, item_id: str, request: Request):
+        writer = self._writer()
+        if self.encoder is None:
+            raise HTTPException(503, "image writes need the encoder: this service runs without one (add codes instead)")
+        data = await self.limits.image_upload(request)
+        code, _, reason, message = await answer_within(self.encoder.encode.remote(data), "the encoder", self.timeout_s)
+        if code is None:
+            raise HTTPException(DECODE_STATUS.get(reason, 422), f"not a usable image: {message}")
+        return await writer.add_codes([item_id], np.asarray(code, dtype=np.uint8)[None])
+
+    @app.delete("/items/{item_id:path}", summary="delete an item (404 if no such id); acknowledged once durable")
+    async def delete_item(self, item_id: str):
+        return await self._writer().delete(item_id)
 
     @app.get("/healthz", summary="200 when every shard (and the encoder) answers, else 503 naming what is down")
     async def healthz(self):
@@ -185,9 +234,10 @@ class SearchIngress:
     @app.get("/items/{item_id:path}/neighbors", summary="k nearest items of an indexed item (itself excluded)")
     async def neighbors(self, item_id: str, k: int = 10, partial: bool = False):
         k = self.limits.check_k(k)
+        live = () if self.shards.min_seq is None else (self.shards.min_seq,)
         found = await asyncio.gather(
             *(
-                answer_within(self.shards.call(i, "code_of", item_id), f"shard {i}", self.timeout_s)
+                answer_within(self.shards.call(i, "code_of", item_id, *live), f"shard {i}", self.timeout_s)
                 for i in range(len(self.shards))
             ),
             return_exceptions=partial,
@@ -236,6 +286,8 @@ class SearchIngress:
 
     async def _search(self, codes: np.ndarray, k: int, partial: bool, arrow: bool = False):
         """Exact top-k over every shard: ``(distances, ids, missing shard numbers)``, or a 503."""
+        if self.writer is not None:
+            await self.writer.refresh_head()
         return self.shards.results(await self.fan_out(codes, k), partial, arrow)
 
     # Batch sizes count query rows (batch_size_fn), not requests: Serve's start-up warning that

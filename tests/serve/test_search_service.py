@@ -281,6 +281,8 @@ BAD_REQUESTS = [
         "'columns' or 'arrow'",
     ),
     ("get", "/items/no-such-item/neighbors", {}, 404, "no item with id 'no-such-item'"),
+    ("delete", "/items/rand%2F1", {}, 405, "start it with writes=true"),
+    ("post", "/items", {"json": {"items": [{"id": "a", "code": "00" * 8}]}}, 405, "this service is read-only"),
     ("get", "/items/rand%2F1/neighbors", {"params": {"k": "ten"}}, 422, "valid integer"),
     ("get", "/items/rand%2F1/neighbors", {"params": {"k": 9999}}, 422, "k must be between 1 and 500"),
     ("post", "/search/image", {"data": b"", "headers": {"Content-Type": "image/png"}}, 400, "empty"),

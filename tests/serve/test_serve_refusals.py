@@ -56,6 +56,12 @@ def test_an_unloadable_checkpoint_says_how_to_serve_codes_only(index, tmp_path):
     build_app(ServeConfig(index=index.uri, checkpoint=str(tmp_path / "missing"), encode_images=False))
 
 
+def test_writes_need_shard_deployments(index):
+    with pytest.raises(ValueError, match="writes=true needs shard deployments"):
+        build_app(ServeConfig(index=index.uri, writes=True, shards_in_ingress=True, encode_images=False))
+    build_app(ServeConfig(index=index.uri, writes=True, encode_images=False))
+
+
 def test_config_yaml_args_are_valid_serve_config_keys():
     body = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
     (app,) = body["applications"]
