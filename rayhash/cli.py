@@ -119,9 +119,18 @@ def cmd_index(ns: argparse.Namespace, overrides: list[str]) -> int:
 
     from rayhash.config import load
     from rayhash.index import IndexBuildConfig, build_from_config
+    from rayhash.index.build import check_build_config
 
     cfg = load(IndexBuildConfig, ns.config, overrides)
-    m = build_from_config(cfg)  # a missing codeset or out is a ConfigError before any work
+    check_build_config(cfg)  # a missing codeset or out is a ConfigError before Ray or any work
+    if ns.address or os.environ.get("RAY_ADDRESS"):
+        from rayhash.ray_utils import run_on_worker
+
+        # Submitted to a cluster: build on a worker when the head takes no work; faiss's threads are its CPUs.
+        connect_ray(ns.address, verbose=ns.verbose)
+        m = run_on_worker(build_from_config, cfg, num_cpus=cfg.threads or 1)
+    else:
+        m = build_from_config(cfg)
     print(
         json.dumps(
             {
@@ -210,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="build faiss binary index shards from a code set (--codeset=... --out=...)")
     p.add_argument("--config", help="YAML of rayhash.index.IndexBuildConfig keys")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else build in this process)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("compact", help="fold an index set's write log into a new code set and index set version")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -52,3 +56,28 @@ def quiet_ray_logs(verbose: bool = False) -> None:
             for handler in logging.getLogger(name).handlers:
                 if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                     handler.setLevel(level)
+
+
+def driver_node_has_cpus() -> bool:
+    """Whether the node this driver runs on offers CPUs to Ray (a cluster's head started with
+    ``num-cpus 0``, as infra/ starts it, offers none)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    return any(n["NodeID"] == node and n["Resources"].get("CPU", 0) > 0 for n in ray.nodes())
+
+
+def run_on_worker(fn: Callable[..., T], /, *args, num_cpus: float = 1, num_gpus: float = 0, **kwargs) -> T:
+    """``fn(*args, **kwargs)`` as a Ray task asking for ``num_cpus`` / ``num_gpus`` when the
+    driver's node offers no CPU, else in this process; Ray must be connected.
+
+    A head that takes no work runs drivers, the GCS and Serve's controller only: work a driver
+    would otherwise do itself (an index build, the evaluation after training) must go to a worker
+    like every other task. On a local cluster, or a head that offers CPUs, it stays here.
+    """
+    if driver_node_has_cpus():
+        return fn(*args, **kwargs)
+    import ray
+
+    task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(fn)
+    return ray.get(task.remote(*args, **kwargs))

@@ -211,12 +211,16 @@ def _build(codeset_uri: str, out_uri: str, **options) -> indexset.IndexSetManife
     )
 
 
-def build_from_config(cfg: IndexBuildConfig) -> indexset.IndexSetManifest:
+def check_build_config(cfg: IndexBuildConfig) -> None:
     if not cfg.codeset or not cfg.out:
         raise ConfigError(
             "set both codeset (the code-set directory) and out (where to write the index set), "
             "e.g. --codeset=runs/codes --out=runs/index"
         )
+
+
+def build_from_config(cfg: IndexBuildConfig) -> indexset.IndexSetManifest:
+    check_build_config(cfg)
     return build_index_set(
         cfg.codeset,
         cfg.out,

@@ -109,14 +109,18 @@ def evaluate_run(cfg: TrainConfig, checkpoint_uri: str, *, show: bool = True) ->
 
 
 def train_job(cfg: TrainConfig, *, verbose: bool = False, show: bool = True) -> TrainResult:
-    """The ``rayhash train`` job: train on Ray, then evaluate on the driver. ``show`` ends with the
+    """The ``rayhash train`` job: train on Ray, then evaluate (on the driver, or as a task where the
+    driver's node takes no work: :func:`rayhash.ray_utils.run_on_worker`). ``show`` ends with the
     mAP table and every file written; ``verbose`` as :func:`run_training`."""
     from rayhash.evaluate import format_table
+    from rayhash.ray_utils import run_on_worker
     from rayhash.train.progress import format_summary
 
     result = run_training(cfg, verbose=verbose)
     if cfg.eval.enabled:
-        results, paths = evaluate_run(cfg, result.checkpoint, show=False)
+        # On a cluster whose head takes no work, on a worker with a Train worker's resources.
+        resources = {"num_cpus": cfg.run.cpus_per_worker, "num_gpus": 1 if cfg.run.use_gpu else 0}
+        results, paths = run_on_worker(evaluate_run, cfg, result.checkpoint, show=False, **resources)
         result = replace(result, evaluation=results, report=paths)
     if show:
         table = ""
