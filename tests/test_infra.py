@@ -496,7 +496,7 @@ def test_serve_config():
     from ray.serve.schema import DeploymentSchema, RayActorOptionsSchema, ServeDeploySchema
 
     from rayhash import config
-    from rayhash.serve.app import ServeConfig
+    from rayhash.serve.app import ServeConfig, check_shard_autoscaling
 
     (doc,) = [d for _, d in load_manifests() if d["kind"] == "RayService"]
     serve = serve_config(doc)
@@ -513,6 +513,7 @@ def test_serve_config():
     assert yaml.safe_load(vm) == serve, "serve.yaml (for `ray up` clusters) is rayservice.yaml's serveConfigV2"
     cfg = config.from_dict(ServeConfig, app["args"])  # what Serve's builder does first
     assert cfg.index.endswith("/index_manifest.json") and cfg.checkpoint.startswith("s3://")
+    check_shard_autoscaling(cfg)  # a target that load can reach
     for role in ("shards", "ingress", "encoder"):
         options = app["args"][role]
         assert not set(options) - set(DeploymentSchema.model_fields), f"{role}: unknown Serve options"
