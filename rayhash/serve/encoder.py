@@ -24,6 +24,21 @@ from rayhash.serve.metrics import encoder_batch_histogram
 logger = logging.getLogger(__name__)
 
 
+class UploadDecoder:
+    """Uploaded bytes -> an image, bounded: PNG, JPEG or WebP only, a JPEG drafted to ``draft``
+    pixels a side, at most ``max_pixels`` decoded and ``max_concurrent`` decodes at once (each in
+    a worker thread, off the event loop)."""
+
+    def __init__(self, *, max_bytes: int, max_pixels: int, max_concurrent: int, draft: int):
+        self.options = dict(max_bytes=max_bytes, max_pixels=max_pixels, mode=None, formats=SERVING_FORMATS, draft=draft)
+        self.slots = asyncio.Semaphore(max_concurrent)
+
+    async def decode(self, data: bytes) -> np.ndarray:
+        """The image, or :class:`ImageDecodeError` saying why the bytes are none."""
+        async with self.slots:
+            return await asyncio.to_thread(decode_image, data, **self.options)
+
+
 @serve.deployment
 class EncoderDeployment:
     def __init__(
@@ -55,9 +70,13 @@ class EncoderDeployment:
             raise ValueError(
                 f"checkpoint {checkpoint_uri} writes {self.encoder.nbits}-bit codes; the index holds {nbits}"
             )
-        self.max_bytes, self.max_pixels = max_bytes, max_pixels
-        self.draft = self.encoder.model.input.image_size  # a JPEG decodes at the smallest scale still this big
-        self.decoding = asyncio.Semaphore(max_concurrent_decodes)
+        # A JPEG decodes at the smallest scale still as big as the model's input.
+        self.decoder = UploadDecoder(
+            max_bytes=max_bytes,
+            max_pixels=max_pixels,
+            max_concurrent=max_concurrent_decodes,
+            draft=self.encoder.model.input.image_size,
+        )
         self.batch_sizes = encoder_batch_histogram()
         self.encode_batch.set_max_batch_size(max_batch_size)
         self.encode_batch.set_batch_wait_timeout_s(batch_wait_s)
@@ -67,16 +86,7 @@ class EncoderDeployment:
         """``(code uint8 (code_bytes,), query, "", "")``, or ``(None, None, reason, message)`` for bytes
         that are no usable image. The query is the code (binary), or the float32 vector (pq)."""
         try:
-            async with self.decoding:
-                image = await asyncio.to_thread(
-                    decode_image,
-                    data,
-                    max_bytes=self.max_bytes,
-                    max_pixels=self.max_pixels,
-                    mode=None,
-                    formats=SERVING_FORMATS,
-                    draft=self.draft,
-                )
+            image = await self.decoder.decode(data)
         except ImageDecodeError as e:
             return None, None, e.reason, str(e)
         code, query = await self.encode_batch(image)
