@@ -138,6 +138,16 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     if is_s3(uri):
         fs.pipe_file(path, data)
         return
+    tmp = _synced_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _synced_temp(path: str, data: bytes) -> str:
+    """``data`` in a new file beside local ``path``, on disk; returns the file's name."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
@@ -145,10 +155,11 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
+    except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
+        raise
+    return tmp
 
 
 def write_bytes_new(uri: str, data: bytes) -> bool:
@@ -169,13 +180,8 @@ def write_bytes_new(uri: str, data: bytes) -> bool:
                 return False
             raise
         return True
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    tmp = _synced_temp(path, data)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         try:
             os.link(tmp, path)  # atomic, and fails if the name is taken, where os.replace would overwrite
         except FileExistsError:
