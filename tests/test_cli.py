@@ -26,6 +26,10 @@ SUBCOMMANDS = {
     "eval": (["--checkpoint", MISSING, "--eval.kk=5"], "'eval.kk'"),
     "index": ([f"--codeset={MISSING}", f"--out={MISSING}", "--num_shardz=2"], "'num_shardz'"),
     "serve": (["--index", MISSING, "--max_kk=3"], "'max_kk'"),
+    "compact": (
+        [f"--index={MISSING}", f"--codeset-out={MISSING}", f"--out={MISSING}", "--kk=3"],
+        "compact takes --index, --codeset-out, --out and --up-to only",
+    ),
     "quickstart": (["--train.run.roundz=1"], "'train.run.roundz'"),
     "encode": (
         [f"--input={MISSING}", f"--checkpoint={MISSING}", f"--output={MISSING}", "--num_actorz=2"],
@@ -41,6 +45,10 @@ JOBS = {
     "quickstart.py": (["--config", "configs/quickstart.yaml", "--train.run.roundz=1"], "'train.run.roundz'"),
     "encode.py": (["--config", "configs/encode-fmnist.yaml", f"--output={MISSING}", "--num_actorz=2"], "'num_actorz'"),
     "build_index.py": ([f"--codeset={MISSING}", f"--out={MISSING}", "--kindd=ivf"], "'kindd'"),
+    "compact.py": (
+        [f"--index={MISSING}", f"--codeset-out={MISSING}", f"--out={MISSING}", "--kk=3"],
+        "compact takes --index, --codeset-out, --out and --up-to only",
+    ),
 }
 OTHERS = {
     "wrong type": (

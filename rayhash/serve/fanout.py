@@ -49,16 +49,18 @@ async def answer_within(response, what: str, timeout_s: float):
 
 
 async def answer_retried(call, what: str, timeout_s: float):
-    """``call()``'s answer within ``timeout_s``, calling again when the replica that ran it died:
-    for idempotent calls (encoding an image), which Serve re-routes only if they had not started."""
+    """``call()``'s answer within ``timeout_s`` in all, calling again when the replica that ran it
+    died: for idempotent calls (encoding an image), which Serve re-routes only if they had not started."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
         try:
-            return await answer_within(call(), what, max(0.0, deadline - loop.time()))
-        except HTTPException as e:
-            if "lost its replica" not in str(e.detail) or loop.time() >= deadline:
-                raise
+            return await asyncio.wait_for(call(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise HTTPException(503, f"{what} did not answer within {timeout_s:g} s") from None
+        except RayActorError as e:
+            if loop.time() >= deadline:
+                raise HTTPException(503, f"{what} lost its replica ({type(e).__name__}); retry") from None
             logger.warning("%s lost its replica mid-call; calling again", what)
             await asyncio.sleep(0.05)
 
