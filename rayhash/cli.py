@@ -27,13 +27,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def connect_ray(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> None:
-    """Join the cluster this process was submitted to (``ray job submit``), else start a local one."""
+def connect_ray(
+    address: str | None = None, num_cpus: int | None = None, verbose: bool = False, serving: bool = False
+) -> None:
+    """Join the cluster this process was submitted to (``ray job submit``), else start a local one.
+
+    ``serving``: a local cluster started here runs Serve's fastest path (``RAY_SERVE_THROUGHPUT_OPTIMIZED``:
+    user code on the replicas' own event loops, gRPC between deployments, and each ingress replica
+    answering HTTP on its own port, skipping the proxy's hop). It must be in the environment
+    before Ray starts; set it to 0 to keep Serve's defaults. A cluster's own setting is its own."""
     from rayhash.ray_utils import ensure_ray
 
     if address or os.environ.get("RAY_ADDRESS"):
         ensure_ray(address=address or os.environ["RAY_ADDRESS"], verbose=verbose)
     else:
+        if serving:
+            os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
         ensure_ray(num_cpus=num_cpus, include_dashboard=False, verbose=verbose)
 
 
@@ -109,7 +118,7 @@ def cmd_quickstart(ns: argparse.Namespace, overrides: list[str]) -> int:
 
     cfg = load_config(ns.config, ns.method, overrides)
     logger.debug("resolved config:\n%s", dump_yaml(cfg))
-    connect_ray(ns.address, ns.num_cpus, ns.verbose)
+    connect_ray(ns.address, ns.num_cpus, ns.verbose, serving=True)
     run(cfg, verbose=ns.verbose)
     return 0
 
@@ -169,9 +178,11 @@ def cmd_serve(ns: argparse.Namespace, overrides: list[str]) -> int:
     from rayhash.serve import ServeConfig, start
 
     # A bad key or value stops here, before Ray starts.
-    cfg = from_dict(ServeConfig, apply_overrides({"index": ns.index, "checkpoint": ns.checkpoint}, overrides))
+    # The placement defaults to the fastest for the index (rayhash.serve.app.resolve_placement).
+    given = {"index": ns.index, "checkpoint": ns.checkpoint, "shards_in_ingress": None}
+    cfg = from_dict(ServeConfig, apply_overrides(given, overrides))
     options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("index", "checkpoint")}
-    connect_ray(ns.address, ns.num_cpus, ns.verbose)
+    connect_ray(ns.address, ns.num_cpus, ns.verbose, serving=True)
     url = start(cfg.index, cfg.checkpoint, host=ns.host, port=ns.port, **options)
     print(f"rayhash search answering at {url} (OpenAPI docs at {url}/docs); Ctrl-C stops", flush=True)
     try:
@@ -179,6 +190,22 @@ def cmd_serve(ns: argparse.Namespace, overrides: list[str]) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         return 0
+
+
+def cmd_swap(ns: argparse.Namespace, overrides: list[str]) -> int:
+    import json
+
+    from rayhash.config import apply_overrides, from_dict
+    from rayhash.serve import ServeConfig
+
+    options = apply_overrides({}, overrides)  # ServeConfig keys for the new version's deployments
+    from_dict(ServeConfig, {**options, "index": ns.index})  # a bad key or value stops here, before Ray
+    # The service runs in a cluster already: join it (the one on this machine by default).
+    connect_ray(ns.address or os.environ.get("RAY_ADDRESS") or "auto", verbose=ns.verbose)
+    from rayhash.serve.swap import swap
+
+    print(json.dumps(swap(ns.index, ns.checkpoint, name=ns.name, **options)), flush=True)
+    return 0
 
 
 def _protocol_name(text: str) -> str:
@@ -237,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local cluster, when one is started")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "swap", help="point a running search service at another index set, blue/green, with no failed request"
+    )
+    p.add_argument("--index", required=True, help="the index set to serve from now on (local or s3://)")
+    p.add_argument("--checkpoint", help="its encoder checkpoint (default: the one that wrote its code set)")
+    p.add_argument("--name", default="rayhash", help="the service's Serve application name")
+    p.add_argument("--address", help="the service's Ray cluster (default: $RAY_ADDRESS, else the one on this machine)")
+    p.set_defaults(func=cmd_swap)
 
     p = sub.add_parser("quickstart", help="train -> evaluate -> encode -> index -> serve -> query, on one machine")
     p.add_argument(

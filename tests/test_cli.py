@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "eval": (["--checkpoint", MISSING, "--eval.kk=5"], "'eval.kk'"),
     "index": ([f"--codeset={MISSING}", f"--out={MISSING}", "--num_shardz=2"], "'num_shardz'"),
     "serve": (["--index", MISSING, "--max_kk=3"], "'max_kk'"),
+    "swap": (["--index", MISSING, "--max_kk=3"], "'max_kk'"),
     "compact": (
         [f"--index={MISSING}", f"--codeset-out={MISSING}", f"--out={MISSING}", "--kk=3"],
         "compact takes --index, --codeset-out, --out and --up-to only",

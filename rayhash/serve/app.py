@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import requests
 from ray import serve
 
 from rayhash import config
-from rayhash.index.indexset import read_index_manifest, read_spec
+from rayhash.index.indexset import read_index_manifest
 from rayhash.models import checkpoint
 from rayhash.serve.encoder import EncoderDeployment
-from rayhash.serve.ingress import FANOUT_BATCHES, SearchIngress
+from rayhash.serve.ingress import SearchIngress
 from rayhash.serve.shard import IndexShardDeployment
+from rayhash.serve.versions import FANOUT_BATCHES, VersionHead, forget_registry
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,11 @@ DEFAULT_OPTIONS = {
 }
 
 
+# shards_in_ingress=None holds an index in each ingress replica up to this size (codes and ids).
+INGRESS_HOLD_BYTES = 4 << 30
+BYTES_PER_ID = 24
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     index: str = ""  # index-set directory (local or s3://)
@@ -50,8 +56,9 @@ class ServeConfig:
     encode_images: bool = True  # False: no encoder deployment, /search/image answers 503
     nprobe: int | None = None  # ivf: lists probed per query (default: the index's own)
     threads: int = 1  # faiss OpenMP threads per search call (of a shard replica, or of a shard held by the ingress)
-    # True: each ingress replica holds every shard (IVF merged into one); no shard deployments
-    shards_in_ingress: bool = False
+    # True: each ingress replica holds every shard (IVF merged into one); no shard deployments.
+    # None: decide by the index (held in the ingress when writes are off and it fits INGRESS_HOLD_BYTES).
+    shards_in_ingress: bool | None = False
     # True: POST /items and DELETE /items/{id}, through the index set's write log (rayhash.index.writelog)
     writes: bool = False
     max_k: int = 1000
@@ -97,8 +104,7 @@ def check_shard_autoscaling(cfg: ServeConfig) -> None:
         )
 
 
-def build_app(cfg: ServeConfig) -> serve.Application:
-    """The bound application; refuses an encoder whose model did not write the index's codes."""
+def check_config(cfg: ServeConfig) -> None:
     if not cfg.index:
         raise ValueError("set index: the index-set directory written by jobs/build_index.py")
     check_shard_autoscaling(cfg)
@@ -111,28 +117,37 @@ def build_app(cfg: ServeConfig) -> serve.Application:
             f"batch_rows ({cfg.batch_rows}) must be at least max_queries ({cfg.max_queries}): "
             "one request's codes go to a shard in one batch"
         )
-    m = read_index_manifest(cfg.index, cfg.index_sha256 or None)
-    spec = read_spec(m)  # pq: the codebooks, checksummed, that turn code queries into vectors
-    encoder, model = None, None
-    if cfg.encode_images:
-        uri = cfg.checkpoint or m.checkpoint_uri
-        try:
-            sha = checkpoint.load(uri).sha256
-        except (OSError, ValueError) as e:
-            raise ValueError(
-                f"cannot load the encoder checkpoint {uri} ({e}); pass checkpoint=<uri of the model "
-                "that wrote the code set>, or encode_images=false to serve code queries only"
-            ) from e
-        if sha != m.checkpoint_sha256:
-            raise ValueError(
-                f"checkpoint {uri} (SHA-256 {sha[:12]}...) is not the model that wrote the codes of index {m.uri} "
-                f"({m.checkpoint_uri}, SHA-256 {m.checkpoint_sha256[:12]}...): their codes are not comparable. "
-                "Serve the code set's own checkpoint, or re-encode and re-index with this one."
-            )
-        model = {"checkpoint_uri": uri, "checkpoint_sha256": sha}
+
+
+def encoder_model(cfg: ServeConfig, m) -> dict | None:
+    """The encoder's ``{"checkpoint_uri", "checkpoint_sha256"}`` for index ``m`` (None without one);
+    refuses a model that did not write the index's codes."""
+    if not cfg.encode_images:
+        return None
+    uri = cfg.checkpoint or m.checkpoint_uri
+    try:
+        sha = checkpoint.load(uri).sha256
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"cannot load the encoder checkpoint {uri} ({e}); pass checkpoint=<uri of the model "
+            "that wrote the code set>, or encode_images=false to serve code queries only"
+        ) from e
+    if sha != m.checkpoint_sha256:
+        raise ValueError(
+            f"checkpoint {uri} (SHA-256 {sha[:12]}...) is not the model that wrote the codes of index {m.uri} "
+            f"({m.checkpoint_uri}, SHA-256 {m.checkpoint_sha256[:12]}...): their codes are not comparable. "
+            "Serve the code set's own checkpoint, or re-encode and re-index with this one."
+        )
+    return {"checkpoint_uri": uri, "checkpoint_sha256": sha}
+
+
+def version_deployments(cfg: ServeConfig, m, model: dict | None) -> tuple[list, object]:
+    """Index ``m``'s bound shard deployments (none when the ingress holds the shards) and encoder."""
+    encoder = None
+    if model is not None:
         encoder = EncoderDeployment.options(name="encoder", **deployment_options("encoder", cfg.encoder)).bind(
-            uri,
-            expected_sha256=sha,
+            model["checkpoint_uri"],
+            expected_sha256=model["checkpoint_sha256"],
             nbits=m.nbits,
             code_kind=m.code_kind,
             max_bytes=cfg.max_upload_bytes,
@@ -142,63 +157,59 @@ def build_app(cfg: ServeConfig) -> serve.Application:
             max_batch_size=cfg.encode_batch_size,
             batch_wait_s=cfg.encode_batch_wait_s,
         )
+    if cfg.shards_in_ingress:
+        return [], encoder
     shard_opts = deployment_options("shards", cfg.shards)
-    shards = (
-        []
-        if cfg.shards_in_ingress
-        else [
-            IndexShardDeployment.options(name=f"shard-{i}", **shard_opts).bind(
-                m.uri,
-                i,
-                manifest_sha256=m.sha256,  # every replica loads the version this app was built on
-                nprobe=cfg.nprobe,
-                threads=cfg.threads,
-                batch_rows=cfg.batch_rows,
-                batch_wait_s=cfg.shard_batch_wait_s,
-                writes=cfg.writes,
-            )
-            for i in range(len(m.shards))
-        ]
-    )
-    stats = {
-        "code_kind": m.code_kind,
-        **({"code_spec": spec.to_dict()} if spec else {}),
-        "shards": len(m.shards),
-        "items": m.items,
-        "nbits": m.nbits,
-        "placement": "ingress" if cfg.shards_in_ingress else "deployments",
-        "writes": cfg.writes,
-        "index": {
-            "uri": m.uri,
-            "manifest_sha256": m.sha256,
-            "kind": m.kind,
-            "params": {**m.params, **({"nprobe": cfg.nprobe} if cfg.nprobe else {})},
-        },
-        "codeset": {"uri": m.codeset_uri, "manifest_sha256": m.codeset_manifest_sha256},
-        "model": {"checkpoint_uri": m.checkpoint_uri, "checkpoint_sha256": m.checkpoint_sha256},
-        "encoder": model,
-        "limits": {
-            "max_k": cfg.max_k,
-            "max_queries": cfg.max_queries,
-            "max_upload_bytes": cfg.max_upload_bytes,
-            "timeout_s": cfg.timeout_s,
-        },
-    }
+    shards = [
+        IndexShardDeployment.options(name=f"shard-{i}", **shard_opts).bind(
+            m.uri,
+            i,
+            manifest_sha256=m.sha256,  # every replica loads the version this app was built on
+            nprobe=cfg.nprobe,
+            threads=cfg.threads,
+            batch_rows=cfg.batch_rows,
+            batch_wait_s=cfg.shard_batch_wait_s,
+            writes=cfg.writes,
+        )
+        for i in range(len(m.shards))
+    ]
+    return shards, encoder
+
+
+def settings_of(cfg: ServeConfig) -> dict:
+    """What every index version of a service shares: its options, as plain values."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("index", "index_sha256", "checkpoint")}
+
+
+def resolve_placement(cfg: ServeConfig, m) -> ServeConfig:
+    """``shards_in_ingress=None`` decided for index ``m``: the ingress holds the shards (no actor hop
+    per query, the fastest path) unless writes are on or the index would not fit in a replica."""
+    if cfg.shards_in_ingress is not None:
+        return cfg
+    held = m.items * (m.nbits // 8 + BYTES_PER_ID)
+    return replace(cfg, shards_in_ingress=not cfg.writes and held <= INGRESS_HOLD_BYTES)
+
+
+def build_app(cfg: ServeConfig) -> serve.Application:
+    """The bound application; refuses an encoder whose model did not write the index's codes."""
+    if not cfg.index:
+        raise ValueError("set index: the index-set directory written by jobs/build_index.py")
+    m = read_index_manifest(cfg.index, cfg.index_sha256 or None)
+    cfg = resolve_placement(cfg, m)
+    check_config(cfg)
+    model = encoder_model(cfg, m)
+    shards, encoder = version_deployments(cfg, m, model)
+    target = {"index": m.uri, "manifest_sha256": m.sha256, "app": None, "encoder": model}
     return SearchIngress.options(name="ingress", **deployment_options("ingress", cfg.ingress)).bind(
-        shards,
-        encoder,
-        stats=stats,
-        max_k=cfg.max_k,
-        max_queries=cfg.max_queries,
-        max_upload_bytes=cfg.max_upload_bytes,
-        timeout_s=cfg.timeout_s,
-        batch_rows=cfg.batch_rows,
-        local={"uri": m.uri, "sha256": m.sha256, "nprobe": cfg.nprobe, "threads": cfg.threads}
-        if cfg.shards_in_ingress
-        else None,
-        codebooks=None if spec is None else spec.codebooks,
-        writes=cfg.writes,
+        shards, encoder, target=target, settings=settings_of(cfg)
     )
+
+
+def build_version_app(cfg: ServeConfig, m, model: dict | None) -> serve.Application:
+    """Index ``m``'s deployments as an application of their own, with no route: what a swap starts
+    beside the serving version before it points the ingress at them."""
+    shards, encoder = version_deployments(cfg, m, model)
+    return VersionHead.bind(shards, encoder)
 
 
 def app_builder(args: dict) -> serve.Application:
@@ -284,13 +295,16 @@ def start(
     access_log: bool = False,
     **options,
 ) -> str:
-    """Deploy the search service over ``index_uri`` and return its base URL once it answers.
+    """Deploy the search service over ``index_uri`` and return its base URL once it answers: an
+    ingress replica's own port under Serve's direct ingress (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``
+    where Ray started; :func:`direct_ingress_urls` lists every replica's), else Serve's proxy.
 
     ``options`` are :class:`ServeConfig` keys (``encode_images``, ``nprobe``, ``shards={...}``, ...).
     Connects to (or starts) Ray the way ``serve.start`` does.
     """
     cfg = config.from_dict(ServeConfig, {**options, "index": index_uri, "checkpoint": checkpoint_uri})
     serve.start(http_options={"host": host, "port": port})
+    forget_registry(name)  # a fresh deployment: earlier swaps of an app by this name do not apply
     # Serve logs every request of every replica by default, adding a log write to every hop.
     logging_config = {"enable_access_log": access_log}
     serve.run_many(
@@ -299,9 +313,24 @@ def start(
     )
     url = http_address() + route_prefix.rstrip("/")
     wait_until_ready(name, url, ready_timeout_s)
+    # Under direct ingress an ingress replica's own port skips the proxy's hop: the fast URL.
+    direct = direct_ingress_urls(name)
+    if direct:
+        fast = direct[0] + route_prefix.rstrip("/")
+        wait_until_ready(name, fast, ready_timeout_s)
+        logger.info("rayhash search %r answering at %s (through Serve's proxy: %s)", name, fast, url)
+        return fast
     logger.info("rayhash search %r answering at %s", name, url)
     return url
 
 
 def stop(name: str = "rayhash") -> None:
-    serve.delete(name)
+    """Delete the service ``name``: its app, the apps of index versions swapped in, its registry."""
+    for app_name in serve.status().applications:
+        if app_name == name or app_name.startswith(version_app_prefix(name)):
+            serve.delete(app_name)
+    forget_registry(name)
+
+
+def version_app_prefix(name: str) -> str:
+    return f"{name}--v"

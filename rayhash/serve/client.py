@@ -22,7 +22,7 @@ class SearchError(RuntimeError):
 
 
 def answer_info(table: pa.Table) -> dict:
-    """``{"k", "radius", "partial", "missing_shards"}`` of an ``"arrow"`` answer."""
+    """``{"k", "radius", "partial", "missing_shards", "index_version"}`` of an ``"arrow"`` answer."""
     return json.loads(table.schema.metadata[b"rayhash"])
 
 

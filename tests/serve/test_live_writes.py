@@ -1,9 +1,11 @@
 """Live writes over real HTTP: POST /items, POST /items/{id}/image and DELETE /items/{id} on a
 real Serve app with 2 shards of 2 replicas each, held against a numpy model of the index; then
-every shard replica is killed, and what was acknowledged must still be served by their
+every shard replica's process is SIGKILLed, and what was acknowledged must still be served by their
 replacements."""
 
 import io
+import os
+import signal
 import socket
 import time
 
@@ -16,7 +18,7 @@ from rayhash.codespec import binary as codes_lib
 from rayhash.encode.codeset import write_codeset
 from rayhash.index import build_index_set, writelog
 from rayhash.models.encoder import ImageEncoder
-from rayhash.serve import SearchClient, SearchError, start
+from rayhash.serve import SearchClient, SearchError, start, stop
 
 APP = "rayhash-live-writes-test"
 N = 400
@@ -43,7 +45,6 @@ class Model:
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tmp_path_factory, tiny_checkpoint):
-    from ray import serve
 
     root = tmp_path_factory.mktemp("live")
     rng = np.random.default_rng(5)
@@ -73,7 +74,7 @@ def served(ray_cluster, tmp_path_factory, tiny_checkpoint):
         shards={"num_replicas": 2, "health_check_period_s": 1, "health_check_timeout_s": 5},
     )
     yield url, Model(ids, codes), vocab, index
-    serve.delete(APP)
+    stop(APP)  # with the index version a swap started
 
 
 def search(url, queries, k):
@@ -190,8 +191,9 @@ def test_acknowledged_writes_survive_killing_every_shard_replica(served):
     assert writelog.head(index.uri) == seq  # durable before the acknowledgement
     before = shard_replicas()
     assert len(before) == 4
-    for _, actor in before:
-        ray.kill(actor, no_restart=True)  # SIGKILL: nothing in memory survives
+    pids = [ray.get(actor.__ray_call__.remote(lambda _: os.getpid())) for _, actor in before]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)  # nothing in memory survives, and nothing shuts down cleanly
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         now = shard_replicas()
@@ -209,3 +211,25 @@ def test_acknowledged_writes_survive_killing_every_shard_replica(served):
     want = model.search(q, 10)
     for _ in range(12):
         assert search(url, q, 10) == want
+
+
+def test_a_swap_refuses_to_drop_writes_and_takes_the_compacted_log(served, tmp_path):
+    from rayhash.index.compact import compact
+    from rayhash.serve.swap import swap
+
+    url, model, vocab, index = served
+    add(url, model, {"before-compact": np.full(8, 7, dtype=np.uint8)})
+    rebuilt = build_index_set(index.codeset_uri, str(tmp_path / "rebuilt"), num_shards=2)  # none of the writes
+    with pytest.raises(ValueError, match="holds none of them: fold them in first"):
+        swap(rebuilt.uri, name=APP)
+    head = writelog.head(index.uri)
+    compacted = compact(index.uri, str(tmp_path / "codes"), str(tmp_path / "index"))
+    summary = swap(compacted.uri, name=APP)
+    assert summary["to"] == compacted.sha256[:12] and summary["writes_not_carried"] == 0
+    q = np.vstack([queries(vocab, 9), np.full(8, 7, dtype=np.uint8)])
+    assert search(url, q, 10) == model.search(q, 10)
+    # Writes now go to the new version's own log; the old one's stays where it was.
+    seq = add(url, model, {"after-swap": np.full(8, 9, dtype=np.uint8)})
+    assert writelog.head(compacted.uri) == seq == 1 and writelog.head(index.uri) == head
+    q = np.vstack([q, np.full(8, 9, dtype=np.uint8)])
+    assert search(url, q, 10) == model.search(q, 10)

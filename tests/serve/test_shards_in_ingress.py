@@ -55,7 +55,7 @@ def test_only_the_ingress_is_deployed_and_it_says_so(url, client, corpus):
     assert set(serve.status().applications[APP].deployments) == {"ingress"}
     stats = client.stats()
     assert (stats["placement"], stats["shards"], stats["items"]) == ("ingress", 2, len(corpus.ids))
-    assert client.healthz() == {"status": "ok", "shards": 2, "encoder": False}
+    assert client.healthz() == {"status": "ok", "shards": 2, "encoder": False, "index_version": stats["index_version"]}
 
 
 @pytest.mark.parametrize("k", [1, 10, 100, 500])

@@ -1,0 +1,212 @@
+"""The live index's figures: the default serving path's latency, writes under search, a swap.
+
+    python benchmarks/live_bench.py                    # -> benchmarks/results/live.json
+
+Rows, each measured in this one run on this machine:
+
+- ``latency``: ``rayhash serve`` started as users start it (a subprocess, its defaults, a local
+  Ray cluster of its own), then one query at a time over a kept-alive connection to the URL it
+  prints, 64-bit codes at ``--codes`` items, IVF and flat; beside direct faiss on the same
+  queries (one call per query, one thread) in the same run. Then ``--concurrency`` requests of
+  ``--batch`` queries in flight at the same URL, for the batched throughput.
+- ``writes``: a service with ``writes=true`` (shard deployments, 2 replicas each) over the IVF
+  index; one client adds single items as fast as it is acknowledged while another searches one
+  query at a time; then every shard replica's process is SIGKILLed and each acknowledged item is
+  searched for once the replacements answer.
+- ``swap``: the default service over index version A, then a blue/green swap to version B (other
+  codes) under ``--swap-clients`` clients sending one query at a time; each answer is checked
+  against its named version's answer to the same query taken while only that version served.
+
+The codes are search_bench.py's: ITQ codes of Fashion-MNIST pixels, repeated with bits flipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import requests
+from results_io import command_line, hardware, write_result
+from search_bench import structured_codes
+
+from rayhash.encode.codeset import write_codeset
+from rayhash.index import build_index_set, indexset
+from rayhash.index import shards as shards_lib
+
+K = 100  # PROTOCOL.md: search figures at k = 100
+
+
+def percentiles(ms: list[float]) -> tuple[float, float]:
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def code_set_and_indexes(work: Path, n: int, seed: int, kinds: tuple[str, ...]) -> tuple[dict, np.ndarray]:
+    db, q = structured_codes(n, 64, seed=seed)
+    ids = [f"{seed}-{i:09d}" for i in range(n)]
+    cs = write_codeset(
+        str(work / f"codes-{seed}"),
+        ids=ids,
+        codes=db,
+        sources=ids,
+        nbits=64,
+        checkpoint_uri="itq:fmnist-1k-raw-pixels",
+        checkpoint_sha256="0" * 64,
+        config={"codes": "ITQ of Fashion-MNIST pixels, repeated, bits flipped"},
+    )
+    return {
+        kind: build_index_set(cs.uri, str(work / f"index-{seed}-{kind}"), num_shards=2, kind=kind) for kind in kinds
+    }, q
+
+
+def direct_index(index_uri: str):
+    """The index set's shards as one faiss index, as the default service holds them (IVF merged)."""
+    m = indexset.read_index_manifest(index_uri)
+    loaded = [indexset.load_shard(m, i) for i in range(len(m.shards))]
+    return shards_lib.merge_shards(loaded) if m.kind == "ivf" else loaded
+
+
+def direct_single_ms(index_uri: str, q: np.ndarray) -> tuple[float, float]:
+    """One faiss call per query, one thread: ``(p50, p99)`` ms, over every shard as served."""
+    held = direct_index(index_uri)
+    parts = held if isinstance(held, list) else [held]
+    lat = []
+    faiss.omp_set_num_threads(1)
+    for i in range(len(q)):
+        t = time.perf_counter()
+        for p in parts:
+            p.search_keys(q[i : i + 1], K)
+        lat.append((time.perf_counter() - t) * 1e3)
+    return percentiles(lat)
+
+
+def rayhash_serve(index_uri: str, port: int) -> tuple[subprocess.Popen, str]:
+    """``rayhash serve`` as a user runs it; returns the process and the URL it prints."""
+    cmd = [sys.executable, "-m", "rayhash", "serve", "--index", index_uri, "--port", str(port), "--encode_images=false"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 600
+    for line in proc.stdout:
+        found = re.search(r"answering at (\S+)", line)
+        if found:
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
+            return proc, found.group(1)
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise RuntimeError(f"rayhash serve printed no URL: {' '.join(cmd)}")
+
+
+def one_at_a_time(url: str, q: np.ndarray) -> tuple[list[float], list[dict]]:
+    lat, answers = [], []
+    with requests.Session() as s:
+        for row in q:
+            body = {"codes": [bytes(row).hex()], "k": K}
+            t = time.perf_counter()
+            r = s.post(f"{url}/search/codes", json=body, timeout=30)
+            lat.append((time.perf_counter() - t) * 1e3)
+            r.raise_for_status()
+            answers.append(r.json())
+    return lat, answers
+
+
+def batched_qps(url: str, q: np.ndarray, concurrency: int, batch: int) -> float:
+    bodies = [{"codes": [bytes(r).hex() for r in q[i : i + batch]], "k": K} for i in range(0, len(q), batch)]
+    work = bodies * max(1, 2 * concurrency // len(bodies))
+    lock, sent = threading.Lock(), iter(work)
+
+    def client():
+        with requests.Session() as s:
+            while True:
+                with lock:
+                    body = next(sent, None)
+                if body is None:
+                    return
+                s.post(f"{url}/search/codes", json=body, timeout=120).raise_for_status()
+
+    t = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return sum(len(b["codes"]) for b in work) / (time.perf_counter() - t)
+
+
+def latency_rows(indexes: dict, q: np.ndarray, args) -> list[dict]:
+    rows = []
+    for kind, index in indexes.items():
+        proc, url = rayhash_serve(index.uri, args.port)
+        try:
+            one_at_a_time(url, q[:50])  # warm up
+            lat, _ = one_at_a_time(url, q[: args.single])
+            qps = batched_qps(url, q, args.concurrency, args.batch)
+            stats = requests.get(f"{url}/stats", timeout=30).json()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(120)
+        p50, p99 = percentiles(lat)
+        d50, d99 = direct_single_ms(index.uri, q[: args.single])
+        rows.append(
+            {
+                "kind": "latency",
+                "codes": index.items,
+                "bits": 64,
+                "index": kind,
+                "path": "default",
+                "url": re.sub(r":\d+", ":PORT", url),
+                "placement": stats["placement"],
+                "k": K,
+                "queries": len(lat),
+                "p50_ms": p50,
+                "p99_ms": p99,
+                "direct_p50_ms": d50,
+                "direct_p99_ms": d99,
+                "batched": {"concurrency": args.concurrency, "queries_per_request": args.batch, "qps": qps},
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--codes", type=int, default=1_000_000)
+    parser.add_argument("--single", type=int, default=1000, help="queries sent one at a time per latency row")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=64, help="queries per request in the batched measurement")
+    parser.add_argument("--write-seconds", type=float, default=20.0)
+    parser.add_argument("--swap-clients", type=int, default=4)
+    parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--out", default="benchmarks/results/live.json")
+    args = parser.parse_args()
+    from live_bench_cluster import swap_row, writes_row
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="live-bench-"))
+    indexes, q = code_set_and_indexes(work, args.codes, seed=0, kinds=("ivf", "flat"))
+    rows = latency_rows(indexes, q, args)
+    result = {"command": command_line(), "hardware": hardware(), "rows": rows}
+    write_result(args.out, result)
+    other, _ = code_set_and_indexes(work, args.codes, seed=1, kinds=("ivf",))
+    writable, _ = code_set_and_indexes(work, args.codes, seed=2, kinds=("ivf",))
+    rows.append(writes_row(writable["ivf"], q, args))
+    print(rows[-1], flush=True)
+    write_result(args.out, result)
+    rows.append(swap_row(indexes["ivf"], other["ivf"], q, args))
+    print(rows[-1], flush=True)
+    write_result(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
