@@ -23,6 +23,7 @@ The codes are search_bench.py's: ITQ codes of Fashion-MNIST pixels, repeated wit
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import signal
@@ -37,7 +38,7 @@ import faiss
 import numpy as np
 import requests
 from results_io import command_line, hardware, write_result
-from search_bench import structured_codes
+from search_bench import http_load, request_bodies, structured_codes
 
 from rayhash.encode.codeset import write_codeset
 from rayhash.index import build_index_set, indexset
@@ -106,40 +107,19 @@ def rayhash_serve(index_uri: str, port: int) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"rayhash serve printed no URL: {' '.join(cmd)}")
 
 
-def one_at_a_time(url: str, q: np.ndarray) -> tuple[list[float], list[dict]]:
-    lat, answers = [], []
-    with requests.Session() as s:
-        for row in q:
-            body = {"codes": [bytes(row).hex()], "k": K}
-            t = time.perf_counter()
-            r = s.post(f"{url}/search/codes", json=body, timeout=30)
-            lat.append((time.perf_counter() - t) * 1e3)
-            r.raise_for_status()
-            answers.append(r.json())
-    return lat, answers
+def one_at_a_time(url: str, q: np.ndarray) -> list[float]:
+    """Latencies (ms) of one query per request, one request at a time (search_bench's client)."""
+    _, lat, _ = asyncio.run(http_load([url], request_bodies(q, 1, K, "objects", packed=False), 1))
+    return lat
 
 
 def batched_qps(url: str, q: np.ndarray, concurrency: int, batch: int) -> float:
-    bodies = [{"codes": [bytes(r).hex() for r in q[i : i + batch]], "k": K} for i in range(0, len(q), batch)]
-    work = bodies * max(1, 2 * concurrency // len(bodies))
-    lock, sent = threading.Lock(), iter(work)
-
-    def client():
-        with requests.Session() as s:
-            while True:
-                with lock:
-                    body = next(sent, None)
-                if body is None:
-                    return
-                s.post(f"{url}/search/codes", json=body, timeout=120).raise_for_status()
-
-    t = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return sum(len(b["codes"]) for b in work) / (time.perf_counter() - t)
+    """Queries/s with ``concurrency`` requests of ``batch`` queries in flight: search.json's batched row."""
+    bodies = request_bodies(q, batch, K, "objects", packed=False)
+    asyncio.run(http_load([url], bodies[: 2 * concurrency], concurrency))  # warm up
+    rounds = max(1, -(-2 * concurrency // len(bodies)), 2000 // len(q))
+    rps, _, _ = asyncio.run(http_load([url], bodies * rounds, concurrency))
+    return rps * len(q) / len(bodies)
 
 
 def latency_rows(indexes: dict, q: np.ndarray, args) -> list[dict]:
@@ -148,7 +128,7 @@ def latency_rows(indexes: dict, q: np.ndarray, args) -> list[dict]:
         proc, url = rayhash_serve(index.uri, args.port)
         try:
             one_at_a_time(url, q[:50])  # warm up
-            lat, _ = one_at_a_time(url, q[: args.single])
+            lat = one_at_a_time(url, q[: args.single])
             qps = batched_qps(url, q, args.concurrency, args.batch)
             stats = requests.get(f"{url}/stats", timeout=30).json()
         finally:

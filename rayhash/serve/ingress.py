@@ -32,7 +32,7 @@ from rayhash.serve.auth import BearerAuth
 from rayhash.serve.fanout import answer_retried, answer_within
 from rayhash.serve.metrics import RequestMetrics
 from rayhash.serve.parsing import DECODE_STATUS, CodesQuery, Format
-from rayhash.serve.versions import IndexVersion, VersionWatcher
+from rayhash.serve.versions import FANOUT_BATCHES, IndexVersion, VersionWatcher, fan_out_by_version, version_rows
 from rayhash.serve.writes import ItemsWrite, Writer
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class SearchIngress:
         before this replica takes a request."""
         self.settings, self.base_target = settings, target
         self.version = IndexVersion(target, settings, shards, encoder).connect()
+        self.fan_out.set_max_batch_size(settings["batch_rows"])
         ctx = serve.get_replica_context()
         self.watcher = VersionWatcher(ctx.app_name, ctx.replica_id.unique_id, self, settings, target)
 
@@ -286,9 +287,22 @@ class SearchIngress:
         results = as_columns(dist, ids) if fmt == "columns" else as_objects(dist, ids)
         return _answer({"results": results, "k": k, "radius": radius}, missing, v.id)
 
-    @staticmethod
-    async def _search(v: IndexVersion, codes: np.ndarray, k: int, partial: bool, arrow: bool = False):
+    async def _search(self, v: IndexVersion, codes: np.ndarray, k: int, partial: bool, arrow: bool = False):
         """Exact top-k over every shard of version ``v``: ``(distances, ids, missing shard numbers)``, or a 503."""
         if v.writer is not None:
             await v.writer.refresh_head()
-        return v.shards.results(await v.fan_out(codes, k), partial, arrow)
+        return v.shards.results(await self.fan_out((v, codes), k), partial, arrow)
+
+    # Batch sizes count query rows (batch_size_fn), not requests: Serve's start-up warning that
+    # max_batch_size x max_concurrent_batches exceeds max_ongoing_requests does not apply. The
+    # batch lives on the ingress, not on each version: Serve keeps one queue per decorated
+    # method and runs a batch on its first request's instance, whatever the others' were.
+    @serve.batch(
+        max_batch_size=256, batch_wait_timeout_s=0.0, max_concurrent_batches=FANOUT_BATCHES, batch_size_fn=version_rows
+    )
+    async def fan_out(self, work: list[tuple], ks: list[int]) -> list[tuple]:
+        """One fan-out for every request that queued while the last one ran: under load, requests
+        share shard calls (each an actor call with its own serialisation) and one merge. Several
+        batches run at once, so faiss searches (in worker threads) overlap the event loop's
+        parsing, merging and answering."""
+        return await fan_out_by_version(work, ks)

@@ -5,11 +5,12 @@ An :class:`IndexVersion` is everything a request needs that belongs to one index
 its codes, its limits, codebooks, ``/stats`` body and write log. A request takes the replica's
 active version once, when it starts, and uses only that one, so every answer comes whole from
 one version and says which (``index_version``). Batches of concurrent requests form per version
-(:meth:`IndexVersion.fan_out`), so a batch never mixes two.
+(the ingress's ``fan_out`` splits a batch by version), so no answer mixes two.
 
 Swaps are blue/green (:mod:`rayhash.serve.swap`): the new version's deployments start and answer
 first, in an application of their own, while the old version serves. A named
-:class:`VersionRegistry` actor per service then tells every ingress replica the new target; each
+:class:`VersionRegistry` actor per service (made by its first swap) then tells every ingress
+replica the new target; each
 opens it, switches its active version between two requests, waits until the requests it started
 on the old version have answered, and acknowledges. Only then is the old version's application
 deleted. An ingress replica that starts later (autoscaling, a restart) opens the registry's
@@ -30,7 +31,6 @@ from rayhash.codespec import pq as pq_lib
 from rayhash.index.indexset import read_index_manifest, read_spec
 from rayhash.serve.fanout import FanOut
 from rayhash.serve.parsing import Limits
-from rayhash.serve.shard import query_rows
 from rayhash.serve.writes import Writer
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,27 @@ FANOUT_BATCHES = 4
 def version_id(manifest_sha256: str) -> str:
     """What answers call an index version: the first 12 hex digits of its manifest's SHA-256."""
     return manifest_sha256[:12]
+
+
+def version_rows(work: list[tuple]) -> int:
+    """A fan-out batch's size in query rows: ``work`` holds ``(version, codes)`` per request."""
+    return sum(len(codes) for _, codes in work)
+
+
+async def fan_out_by_version(work: list[tuple], ks: list[int]) -> list[tuple]:
+    """One fan-out per index version in a batch of ``(version, codes)`` requests (two only while
+    a swap runs), each answer from its own request's version."""
+    groups: dict[int, tuple] = {}
+    for i, (version, _) in enumerate(work):
+        groups.setdefault(id(version), (version, []))[1].append(i)
+    answers = await asyncio.gather(
+        *(v.shards.search([work[i][1] for i in rows], [ks[i] for i in rows]) for v, rows in groups.values())
+    )
+    out: list = [None] * len(work)
+    for (_, rows), answer in zip(groups.values(), answers, strict=True):
+        for i, a in zip(rows, answer, strict=True):
+            out[i] = a
+    return out
 
 
 def registry_name(app_name: str) -> str:
@@ -88,7 +109,6 @@ class IndexVersion:
         self.writer = Writer(self.shards, m.uri, m.sha256, self.limits) if settings["writes"] else None
         self.stats = self._stats(spec, target.get("encoder"))
         self.inflight = 0  # requests that took this version and have not answered yet
-        self.fan_out.set_max_batch_size(settings["batch_rows"])
 
     def _stats(self, spec, encoder: dict | None) -> dict:
         m, s = self.manifest, self.settings
@@ -145,18 +165,6 @@ class IndexVersion:
         if self.encoder is not None:
             calls.append(self.encoder.info.remote())
         await asyncio.gather(*(asyncio.wait_for(c, self.timeout_s) for c in calls))
-
-    # Batch sizes count query rows (batch_size_fn), not requests: Serve's start-up warning that
-    # max_batch_size x max_concurrent_batches exceeds max_ongoing_requests does not apply.
-    @serve.batch(
-        max_batch_size=256, batch_wait_timeout_s=0.0, max_concurrent_batches=FANOUT_BATCHES, batch_size_fn=query_rows
-    )
-    async def fan_out(self, codes: list, ks: list[int]) -> list[tuple]:
-        """One fan-out for every request on this version that queued while the last one ran: under
-        load, requests share shard calls (each an actor call with its own serialisation) and one
-        merge. Several batches run at once, so faiss searches (in worker threads) overlap the event
-        loop's parsing, merging and answering."""
-        return await self.shards.search(codes, ks)
 
 
 @ray.remote(num_cpus=0)
