@@ -100,6 +100,15 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:n] for p, n in zip(parts, rows)]).to(t.device)
 
 
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable) in rank order: for small plain values, never tensors of data."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    tdist.all_gather_object(out, obj)
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

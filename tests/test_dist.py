@@ -15,6 +15,7 @@ def test_identity_without_process_group():
     assert torch.equal(t, torch.arange(6.0).view(3, 2))
     with pytest.raises(ValueError, match="scalar"):
         dist.all_gather_cat(torch.tensor(1.0))
+    assert dist.all_gather_object("node-a") == ["node-a"]
 
 
 def _collectives(rows_per_rank):
@@ -38,6 +39,7 @@ def _collectives(rows_per_rank):
         "summed_in": summed_in,
         "broadcast": dist.broadcast(torch.full((2,), float(r)), src=1),
         "mismatch": mismatch,
+        "objects": dist.all_gather_object(f"node-{r}"),
     }
 
 
@@ -54,3 +56,4 @@ def test_collectives_on_two_gloo_ranks():
         assert torch.equal(out["summed_in"], torch.tensor([r + 1.0, 10.0 * (r + 1)]))
         assert torch.equal(out["broadcast"], torch.ones(2))
         assert "equal trailing sizes" in out["mismatch"]
+        assert out["objects"] == ["node-0", "node-1"]

@@ -90,6 +90,9 @@ class CodeSetManifest:
     code_kind: str = "binary"  # a manifest without one was written when every code was binary
     # pq: PQSpec.to_dict() plus "codebooks": {"path", "sha256"}; empty for binary codes
     code_spec: dict = field(default_factory=dict)
+    # Ray node id -> inputs its encoder actors took in the run that committed (chunks reused from
+    # an earlier attempt are not counted): where the job ran. Empty when written outside Ray.
+    inputs_by_node: dict = field(default_factory=dict)
 
     @property
     def code_bytes(self) -> int:
@@ -191,10 +194,12 @@ def commit(
     health: dict,
     code_kind: str = "binary",
     code_spec: dict | None = None,
+    inputs_by_node: dict[str, int] | None = None,
 ) -> CodeSetManifest:
     """Write ``manifest.json`` (one atomic write): from here on the code set is these shards.
 
-    ``code_spec`` is what :func:`write_codebooks` returned, for pq codes only."""
+    ``code_spec`` is what :func:`write_codebooks` returned, for pq codes only;
+    ``inputs_by_node`` what the encode job's actors took on each Ray node."""
     if code_kind != pq_lib.KIND:
         check_writable(code_kind, f"checkpoint {checkpoint_uri}")
         if code_spec:
@@ -214,6 +219,7 @@ def commit(
         "errors": [dataclasses.asdict(s) for s in errors],
         "counts": {k: int(v) for k, v in counts.items()},
         "health": health,
+        **({"inputs_by_node": {k: int(v) for k, v in inputs_by_node.items()}} if inputs_by_node else {}),
     }
     text = json.dumps(body, indent=1) + "\n"
     storage.write_text_atomic(storage.join(codeset_uri, MANIFEST_FILE), text)
@@ -328,6 +334,7 @@ def _parse(codeset_uri: str, data: bytes) -> CodeSetManifest:
         format_version=body["format_version"],
         code_kind=body.get("code_kind", "binary"),
         code_spec=body.get("code_spec", {}),
+        inputs_by_node=body.get("inputs_by_node", {}),
     )
 
 

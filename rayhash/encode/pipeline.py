@@ -63,6 +63,8 @@ class EncodeImages:
                 f"{self.encoder.checkpoint_sha256}, the job started with {checkpoint_sha256})"
             )
         self.load = load
+        # Outside Ray (the class on its own) there is no node, and asking would start a local Ray.
+        self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.load is not None:
@@ -80,6 +82,10 @@ class EncodeImages:
                 "chunk": batch["chunk"],
                 "reason": batch["reason"],
                 "message": batch["message"],
+                # Where the rows were encoded, for the manifest's count by node: one byte a row.
+                "node": pa.DictionaryArray.from_arrays(
+                    pa.array(np.zeros(batch.num_rows, np.int8)), pa.array([self.node_id])
+                ),
             }
         )
 
@@ -160,10 +166,13 @@ def complete_chunks(batches: Iterable[pa.Table], expected: dict[int, int]) -> It
         raise RuntimeError(f"the dataset ended with chunks {sorted(pending)[:5]} incomplete; nothing was committed")
 
 
-def _progress(batches: Iterable[pa.Table], total: int, enabled: bool) -> Iterator[pa.Table]:
+def _progress(batches: Iterable[pa.Table], total: int, enabled: bool, by_node: dict[str, int]) -> Iterator[pa.Table]:
+    """``batches`` without their ``node`` column, drawing the bar and counting each node's rows in ``by_node``."""
     with tqdm(total=total, unit="img", desc="encode", disable=not enabled) as bar:
         for batch in batches:
-            yield batch
+            for node in pc.value_counts(batch["node"]).to_pylist():
+                by_node[node["values"]] = by_node.get(node["values"], 0) + node["counts"]
+            yield batch.drop_columns(["node"])
             bar.update(batch.num_rows)
 
 
@@ -212,17 +221,19 @@ def run_encode(cfg: EncodeConfig, *, on_staged: Callable[[int, int], None] | Non
     )
 
     stream_started = time.perf_counter()
+    by_node: dict[str, int] = {}
     if todo:
         _check_resources(cfg)
         ds = _dataset(cfg, pa.concat_tables([chunks[i] for i in todo]), ckpt, mode, model_input.image_size)
-        batches = _progress(ds.iter_batches(batch_size=None, batch_format="pyarrow"), sum(todo.values()), cfg.progress)
+        stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+        batches = _progress(stream, sum(todo.values()), cfg.progress, by_node)
         for i, rows in complete_chunks(batches, todo):
             staged[i] = staging.stage_chunk(cfg.output, run, i, fingerprints[i], rows, nbytes=width)
             if on_staged:
                 on_staged(len(staged), len(chunks))
     elapsed = time.perf_counter() - stream_started
 
-    manifest = _commit(cfg, ckpt, run, nbits, [staged[i] for i in range(len(chunks))], sum(expected), spec)
+    manifest = _commit(cfg, ckpt, run, nbits, [staged[i] for i in range(len(chunks))], sum(expected), spec, by_node)
     rate = sum(todo.values()) / elapsed if todo else 0.0
     logger.info(
         "encode done: %d encoded, %d rejected (%d inputs, %d reused from staged chunks) in %.1f s; "
@@ -245,6 +256,7 @@ def _commit(
     chunks: list[tuple[staging.StagedChunk, pa.Table]],
     num_inputs: int,
     spec: pq_lib.PQSpec | None = None,
+    by_node: dict[str, int] | None = None,
 ) -> codeset.CodeSetManifest:
     """Check that every input is in exactly one shard, then write the manifest."""
     all_codes = pa.concat_tables([codes for _, codes in chunks])
@@ -269,6 +281,7 @@ def _commit(
         health=codeset.code_health(packed, nbits) if spec is None else codeset.pq_health(spec, packed),
         code_kind=ckpt.code_kind,
         code_spec=None if spec is None else codeset.write_codebooks(cfg.output, run, spec),
+        inputs_by_node=by_node,
     )
 
 

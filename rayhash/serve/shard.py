@@ -28,6 +28,7 @@ import logging
 import faiss
 import numpy as np
 import pyarrow as pa
+import ray
 from ray import serve
 
 from rayhash.index import indexset, writelog
@@ -136,7 +137,8 @@ class IndexShardDeployment:
         return self.live.code_of(item_id)
 
     async def info(self) -> dict:
-        info = shard_info(self.shard)
+        # node_id: which Ray node holds this replica, so an operator can see shards spread over nodes
+        info = {**shard_info(self.shard), "node_id": ray.get_runtime_context().get_node_id()}
         if self.live is not None:  # the first built id: where this shard's id range starts (writelog.owner)
             info.update(items=len(self.live), seq=self.live.seq, first_id=self.shard.ids[0].as_py())
         return info

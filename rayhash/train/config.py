@@ -58,6 +58,10 @@ class RunConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 0.5  # fractional so two workers (and Ray Data) start on 2 cores
+    # Where Ray puts the workers (Ray Train's ScalingConfig): PACK fills one node first, keeping
+    # DDP's all-reduce off the network; SPREAD / STRICT_SPREAD give each worker a node of its own
+    # where it can (must), when one worker takes a node's memory, disk or network.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_failures: int = 2  # worker deaths survived by resuming from the latest checkpoint
     keep_checkpoints: int = 2
     seed: int = 0

@@ -192,9 +192,16 @@ def run_rounds(
     wrap_model=lambda m: m,
     report=None,
     resume: checkpoint.Checkpoint | None = None,
+    node_id: str = "",
 ) -> None:
-    """Train ``cfg.run.rounds`` rounds on this worker's shard; ``report(metrics, payload)`` saves each round."""
+    """Train ``cfg.run.rounds`` rounds on this worker's shard; ``report(metrics, payload)`` saves each round.
+
+    ``node_id``: the Ray node this worker runs on; every checkpoint lists each rank's as
+    ``progress["worker_nodes"]``, so a run says where it trained (one node, or spread).
+    """
     rank, world = dist.rank(), dist.world_size()
+    worker_nodes = dist.all_gather_object(node_id)
+    logger.info("worker %d of %d on node %s", rank, world, node_id or "(no Ray)")
     cfg = with_method_embedding(cfg)
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     if cfg.run.torch_threads:
@@ -331,6 +338,7 @@ def run_rounds(
                     "step": (round_index + 1) * steps,
                     "metrics": metrics,
                     "resumes": resumes,
+                    "worker_nodes": worker_nodes,
                 },
             )
         if report is not None:
@@ -358,5 +366,10 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
 
     run_rounds(
-        cfg, device=ray.train.torch.get_device(), wrap_model=ray.train.torch.prepare_model, report=report, resume=resume
+        cfg,
+        device=ray.train.torch.get_device(),
+        wrap_model=ray.train.torch.prepare_model,
+        report=report,
+        resume=resume,
+        node_id=ray.get_runtime_context().get_node_id(),
     )

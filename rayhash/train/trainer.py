@@ -58,7 +58,10 @@ def run_training(
             train_loop_config=to_dict(cfg),
             torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
             scaling_config=ScalingConfig(
-                num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources
+                num_workers=cfg.run.num_workers,
+                use_gpu=cfg.run.use_gpu,
+                resources_per_worker=resources,
+                placement_strategy=cfg.run.placement_strategy,
             ),
             run_config=RunConfig(
                 name=cfg.run.name,
