@@ -128,12 +128,11 @@ class SearchIngress:
         down = [name for name, a in zip(names, answers, strict=True) if isinstance(a, BaseException)]
         if down:
             return JSONResponse({"status": "unavailable", "detail": f"not answering: {', '.join(down)}"}, 503)
-        return {
-            "status": "ok",
-            "shards": len(v.manifest.shards),
-            "encoder": v.encoder is not None,
-            "index_version": v.id,
-        }
+        body = {"status": "ok", "shards": len(v.manifest.shards), "encoder": v.encoder is not None}
+        body["index_version"] = v.id
+        if v.shards.handles:  # where each shard deployment answered from (one of its replicas' nodes)
+            body["shard_nodes"] = [a.get("node_id") for a in answers[: len(v.shards)]]
+        return body
 
     @app.get(
         "/stats",
