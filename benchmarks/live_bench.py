@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import signal
@@ -90,21 +91,26 @@ def direct_single_ms(index_uri: str, q: np.ndarray) -> tuple[float, float]:
     return percentiles(lat)
 
 
-def rayhash_serve(index_uri: str, port: int) -> tuple[subprocess.Popen, str]:
-    """``rayhash serve`` as a user runs it; returns the process and the URL it prints."""
+def rayhash_serve(index_uri: str, port: int) -> tuple[subprocess.Popen, str, list[str]]:
+    """``rayhash serve`` as a user runs it: the process, the URL it prints, and every ingress
+    replica's URL it lists (clients spread batches over those)."""
     cmd = [sys.executable, "-m", "rayhash", "serve", "--index", index_uri, "--port", str(port), "--encode_images=false"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    deadline = time.monotonic() + 600
-    for line in proc.stdout:
-        found = re.search(r"answering at (\S+)", line)
-        if found:
-            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
-            return proc, found.group(1)
-        if time.monotonic() > deadline:
-            break
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # keeps its pipe drained
+    deadline, url, printed = time.monotonic() + 600, None, time.monotonic()
+    while time.monotonic() < deadline and proc.poll() is None:
+        text = "".join(lines)
+        url = url or next(iter(re.findall(r"answering at (\S+)", text)), None)
+        replicas = re.findall(r"ingress replicas at ([^;]+);", text)
+        if replicas or (url and time.monotonic() > printed + 10):
+            return proc, url, replicas[0].split() if replicas else [url]
+        if url is None:
+            printed = time.monotonic()
+        time.sleep(0.2)
     proc.kill()
-    raise RuntimeError(f"rayhash serve printed no URL: {' '.join(cmd)}")
+    raise RuntimeError(f"rayhash serve printed no URL: {' '.join(cmd)}\n{''.join(lines)[-2000:]}")
 
 
 def one_at_a_time(url: str, q: np.ndarray) -> list[float]:
@@ -113,23 +119,40 @@ def one_at_a_time(url: str, q: np.ndarray) -> list[float]:
     return lat
 
 
-def batched_qps(url: str, q: np.ndarray, concurrency: int, batch: int) -> float:
-    """Queries/s with ``concurrency`` requests of ``batch`` queries in flight: search.json's batched row."""
+def batched_qps(urls: list[str], q: np.ndarray, concurrency: int, batch: int) -> float:
+    """Queries/s with ``concurrency`` requests of ``batch`` queries in flight, spread over ``urls``:
+    search.json's batched row."""
     bodies = request_bodies(q, batch, K, "objects", packed=False)
-    asyncio.run(http_load([url], bodies[: 2 * concurrency], concurrency))  # warm up
+    asyncio.run(http_load(urls, bodies[: 2 * concurrency], concurrency))  # warm up
     rounds = max(1, -(-2 * concurrency // len(bodies)), 2000 // len(q))
-    rps, _, _ = asyncio.run(http_load([url], bodies * rounds, concurrency))
+    rps, _, _ = asyncio.run(http_load(urls, bodies * rounds, concurrency))
     return rps * len(q) / len(bodies)
+
+
+def search_json_qps(kind: str, codes: int, batch: int) -> float | None:
+    """search.json's served q/s for the same batched load (binary codes held by the ingress)."""
+    with open("benchmarks/results/search.json") as f:
+        rows = json.load(f)["rows"]
+    for r in rows:
+        same = (r.get("code_kind", "binary"), r["codes"], r["index"], r["placement"]) == (
+            "binary",
+            codes,
+            kind,
+            "ingress",
+        )
+        if same and (r["concurrency"], r["queries_per_request"], r["format"]) == (16, batch, "objects"):
+            return r["served_qps"]
+    return None
 
 
 def latency_rows(indexes: dict, q: np.ndarray, args) -> list[dict]:
     rows = []
     for kind, index in indexes.items():
-        proc, url = rayhash_serve(index.uri, args.port)
+        proc, url, replicas = rayhash_serve(index.uri, args.port)
         try:
             one_at_a_time(url, q[:50])  # warm up
             lat = one_at_a_time(url, q[: args.single])
-            qps = batched_qps(url, q, args.concurrency, args.batch)
+            qps = batched_qps(replicas, q, args.concurrency, args.batch)
             stats = requests.get(f"{url}/stats", timeout=30).json()
         finally:
             proc.send_signal(signal.SIGINT)
@@ -151,7 +174,15 @@ def latency_rows(indexes: dict, q: np.ndarray, args) -> list[dict]:
                 "p99_ms": p99,
                 "direct_p50_ms": d50,
                 "direct_p99_ms": d99,
-                "batched": {"concurrency": args.concurrency, "queries_per_request": args.batch, "qps": qps},
+                "ingress_replicas": len(replicas),
+                "batched": {
+                    "concurrency": args.concurrency,
+                    "queries_per_request": args.batch,
+                    "format": "objects",
+                    "spread_over_replica_urls": len(replicas),
+                    "qps": qps,
+                    "search_json_qps": search_json_qps(kind, index.items, args.batch),
+                },
             }
         )
         print(rows[-1], flush=True)

@@ -176,6 +176,7 @@ def cmd_serve(ns: argparse.Namespace, overrides: list[str]) -> int:
 
     from rayhash.config import apply_overrides, from_dict
     from rayhash.serve import ServeConfig, start
+    from rayhash.serve.app import direct_ingress_urls, http_address
 
     # A bad key or value stops here, before Ray starts.
     # The placement defaults to the fastest for the index (rayhash.serve.app.resolve_placement).
@@ -185,6 +186,9 @@ def cmd_serve(ns: argparse.Namespace, overrides: list[str]) -> int:
     connect_ray(ns.address, ns.num_cpus, ns.verbose, serving=True)
     url = start(cfg.index, cfg.checkpoint, host=ns.host, port=ns.port, **options)
     print(f"rayhash search answering at {url} (OpenAPI docs at {url}/docs); Ctrl-C stops", flush=True)
+    replicas = direct_ingress_urls("rayhash")
+    if len(replicas) > 1:  # each ingress replica's own port: clients spread over them (or a load balancer does)
+        print(f"ingress replicas at {' '.join(replicas)}; Serve's proxy at {http_address()}", flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -46,6 +46,7 @@ DEFAULT_OPTIONS = {
 # shards_in_ingress=None holds an index in each ingress replica up to this size (codes and ids).
 INGRESS_HOLD_BYTES = 4 << 30
 BYTES_PER_ID = 24
+AUTO_INGRESS_REPLICAS = 2
 
 
 @dataclass(frozen=True)
@@ -183,11 +184,17 @@ def settings_of(cfg: ServeConfig) -> dict:
 
 def resolve_placement(cfg: ServeConfig, m) -> ServeConfig:
     """``shards_in_ingress=None`` decided for index ``m``: the ingress holds the shards (no actor hop
-    per query, the fastest path) unless writes are on or the index would not fit in a replica."""
+    per query, the fastest path) unless writes are on or the index would not fit in a replica.
+    Held there, the ingress runs ``AUTO_INGRESS_REPLICAS`` replicas unless ``ingress`` sets a
+    count: each searches on a core of its own, and one keeps answering while another restarts."""
     if cfg.shards_in_ingress is not None:
         return cfg
     held = m.items * (m.nbits // 8 + BYTES_PER_ID)
-    return replace(cfg, shards_in_ingress=not cfg.writes and held <= INGRESS_HOLD_BYTES)
+    in_ingress = not cfg.writes and held <= INGRESS_HOLD_BYTES
+    ingress = cfg.ingress
+    if in_ingress and not {"num_replicas", "autoscaling_config"} & set(ingress):
+        ingress = {**ingress, "num_replicas": AUTO_INGRESS_REPLICAS}
+    return replace(cfg, shards_in_ingress=in_ingress, ingress=ingress)
 
 
 def build_app(cfg: ServeConfig) -> serve.Application:
