@@ -247,6 +247,44 @@ def chaos_table(result: dict) -> str:
     return "\n".join([*lines, "", f"Measured on: {hw}; `{result.get('command', DASH)}`."])
 
 
+def live_table(result: dict) -> str:
+    """benchmarks/live_bench.py's rows: the default URL's latency, writes under search, the swap."""
+    rows = result.get("rows", [])
+    lines = [
+        "| measured | result | beside it |",
+        "| --- | --- | --- |",
+    ]
+    for r in rows:
+        if r["kind"] == "latency":
+            b = r["batched"]
+            beside = f"direct faiss p50 / p99 {r['direct_p50_ms']:.2f} / {r['direct_p99_ms']:.2f} ms"
+            lines.append(
+                f"| one query at a time, {r['codes']:,} codes, {r['index']}, the URL `rayhash serve` prints "
+                f"| p50 / p99 {r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms | {beside} |"
+            )
+            theirs = _num(b.get("search_json_qps"), ",.0f")
+            lines.append(
+                f"| {b['concurrency']} requests of {b['queries_per_request']} queries in flight, {r['index']}, "
+                f"over its {b['spread_over_replica_urls']} ingress replicas' URLs | {b['qps']:,.0f} q/s "
+                f"| search.json: {theirs} q/s |"
+            )
+        elif r["kind"] == "writes":
+            lines.append(
+                f"| single-item writes beside one-at-a-time searches, {r['codes']:,} codes {r['index']} "
+                f"| {r['acked_per_s']:.0f} acknowledged/s; search p50 / p99 {r['p50_ms']:.0f} / {r['p99_ms']:.0f} ms "
+                f"| {r['acked']:,} acknowledged; {r['acked_lost_after_kill']} lost after SIGKILL of all "
+                f"{r['killed_shard_processes']} shard processes |"
+            )
+        elif r["kind"] == "swap":
+            took = " and ".join(f"{w['seconds']:.1f}" for w in r["swaps"])
+            lines.append(
+                f"| swap A -> B -> A under {r['clients']} clients, {r['codes']:,} codes {r['index']} "
+                f"| {r['requests']:,} requests, {r['errors']} errors, {r['mixed_answers']} mixed answers "
+                f"| the swaps took {took} s |"
+            )
+    return "\n".join([*lines, "", f"Measured on: {result.get('hardware', DASH)}; `{result.get('command', DASH)}`."])
+
+
 def results_blocks(results: Path) -> dict[str, Callable[[], str]]:
     return {
         "quality": lambda: quality_table(_load(results, "fmnist_map.json")["rows"]),
@@ -254,6 +292,7 @@ def results_blocks(results: Path) -> dict[str, Callable[[], str]]:
         "search": lambda: search_table(_load(results, "search.json")),
         "search-pq": lambda: search_table(_load(results, "search.json"), "pq"),
         "chaos": lambda: chaos_table(_load(results, "chaos.json")),
+        "live": lambda: live_table(_load(results, "live.json")),
     }
 
 
