@@ -222,12 +222,12 @@ def test_documented_command_parses(where: str, command: str):
     assert path is None or (ROOT / path).is_file(), f"{where}: {path} is not in the repo"
     path = path and str(ROOT / path)
     try:
-        if ns.command == "serve":
+        if ns.command in ("serve", "swap"):
             config.from_dict(ServeConfig, {**config.apply_overrides({}, overrides), "index": ns.index})
         elif ns.command == "quickstart":
             # its config is the file, or the --method's own (DSCH's by default), in the repository
             load_config(path or str(ROOT / config_path(ns.method or DEFAULT_METHOD)), ns.method, overrides)
-        elif ns.command != "eval":
+        elif ns.command not in ("eval", "compact"):
             cls = {"train": TrainConfig, "encode": EncodeConfig, "index": IndexBuildConfig}[ns.command]
             config.load(cls, path, overrides)
     except config.ConfigError as e:
