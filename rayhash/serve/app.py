@@ -106,8 +106,6 @@ def check_shard_autoscaling(cfg: ServeConfig) -> None:
 
 
 def check_config(cfg: ServeConfig) -> None:
-    if not cfg.index:
-        raise ValueError("set index: the index-set directory written by jobs/build_index.py")
     check_shard_autoscaling(cfg)
     if cfg.writes and cfg.shards_in_ingress:
         raise ValueError(
@@ -262,8 +260,9 @@ def direct_ingress_urls(name: str) -> list[str]:
     ]
 
 
-def wait_until_ready(name: str, url: str, timeout_s: float = 300.0) -> None:
-    """Wait until app ``name`` is RUNNING and ``url/healthz`` answers 200; raise with Serve's message if not."""
+def wait_until_ready(name: str, url: str | None, timeout_s: float = 300.0) -> None:
+    """Wait until app ``name`` is RUNNING and ``url/healthz`` answers 200 (no ``url``: RUNNING is
+    enough, for an app with no route); raise with Serve's message if not."""
     deadline = time.monotonic() + timeout_s
     status = message = ""
     while time.monotonic() < deadline:
@@ -278,6 +277,8 @@ def wait_until_ready(name: str, url: str, timeout_s: float = 300.0) -> None:
             ]
             raise RuntimeError(f"Serve app {name!r} failed to deploy: {message} {'; '.join(causes)}")
         if status == "RUNNING":
+            if url is None:
+                return
             try:
                 if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
                     return

@@ -65,7 +65,6 @@ class SearchIngress:
         that version's deployments, bound in this app (no shards when the ingress holds them).
         A swap may since have pointed the service at another version: the watcher opens that one
         before this replica takes a request."""
-        self.settings, self.base_target = settings, target
         self.version = IndexVersion(target, settings, shards, encoder).connect()
         self.fan_out.set_max_batch_size(settings["batch_rows"])
         ctx = serve.get_replica_context()

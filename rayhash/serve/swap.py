@@ -29,6 +29,7 @@ from rayhash.serve.app import (
     check_config,
     encoder_model,
     version_app_prefix,
+    wait_until_ready,
 )
 from rayhash.serve.versions import registry, version_id
 
@@ -42,19 +43,6 @@ def _running_replicas(name: str) -> int:
             f"no rayhash service {name!r} is running (serve status lists {sorted(serve.status().applications)})"
         )
     return app.deployments["ingress"].replica_states.get("RUNNING", 0)
-
-
-def _wait_running(app_name: str, deadline: float) -> None:
-    status = message = ""
-    while time.monotonic() < deadline:
-        app = serve.status().applications.get(app_name)
-        status, message = (app.status, app.message) if app else ("NOT_STARTED", "")
-        if status == "RUNNING":
-            return
-        if status == "DEPLOY_FAILED":
-            raise RuntimeError(f"the new index version's app {app_name!r} failed to deploy: {message}")
-        time.sleep(0.25)
-    raise TimeoutError(f"the new index version's app {app_name!r} is not running yet ({status}: {message})")
 
 
 def check_writes_carried(old: dict, m) -> int:
@@ -108,7 +96,7 @@ def swap(
             [serve.RunTarget(target=build_version_app(cfg, m, model), name=app_name, route_prefix=None)],
             wait_for_applications_running=False,
         )
-        _wait_running(app_name, deadline)
+        wait_until_ready(app_name, None, max(0.0, deadline - time.monotonic()))
     target = {
         "index": m.uri,
         "manifest_sha256": m.sha256,
@@ -132,9 +120,10 @@ def swap(
                 "app stays up: swap again, or back."
             )
         time.sleep(0.05)
-    if carried is not None and (late := writelog.head(old["index"]) - carried) > 0:
+    not_carried = None if carried is None else max(0, writelog.head(old["index"]) - carried)
+    if not_carried:
         # Acknowledged while the swap ran: in the old version's log, not the new version.
-        logger.warning("%d writes acknowledged during the swap are in %s's log only", late, old["index"])
+        logger.warning("%d writes acknowledged during the swap are in %s's log only", not_carried, old["index"])
     if old.get("app") and old["app"] != app_name:
         serve.delete(old["app"], _blocking=False)  # its replicas drain on their own
     summary = {
@@ -145,7 +134,7 @@ def swap(
         "app": app_name or name,
         "ingress_replicas": len(acked),
         "seconds": round(time.monotonic() - t0, 3),
-        **({"writes_not_carried": max(0, writelog.head(old["index"]) - carried)} if carried is not None else {}),
+        **({"writes_not_carried": not_carried} if not_carried is not None else {}),
     }
     logger.info("swapped %s", summary)
     return summary

@@ -27,7 +27,6 @@ from contextlib import contextmanager
 import ray
 from ray import serve
 
-from rayhash.codespec import pq as pq_lib
 from rayhash.index.indexset import read_index_manifest, read_spec
 from rayhash.serve.fanout import FanOut
 from rayhash.serve.parsing import Limits
@@ -87,8 +86,7 @@ class IndexVersion:
         self.target, self.settings = target, settings
         m = read_index_manifest(target["index"], target["manifest_sha256"])
         self.manifest, self.id = m, version_id(m.sha256)
-        spec = read_spec(m)  # pq: the checksummed codebooks that turn code queries into vectors
-        self.spec = None if spec is None else pq_lib.PQSpec.from_codebooks(spec.codebooks)
+        self.spec = read_spec(m)  # pq: the checksummed codebooks that turn code queries into vectors
         local = settings["shards_in_ingress"]
         self.encoder, self.timeout_s = encoder, settings["timeout_s"]
         self.shards = FanOut(
@@ -107,15 +105,15 @@ class IndexVersion:
             pq_k=self.spec.k if self.spec else 256,
         )
         self.writer = Writer(self.shards, m.uri, m.sha256, self.limits) if settings["writes"] else None
-        self.stats = self._stats(spec, target.get("encoder"))
+        self.stats = self._stats(target.get("encoder"))
         self.inflight = 0  # requests that took this version and have not answered yet
 
-    def _stats(self, spec, encoder: dict | None) -> dict:
+    def _stats(self, encoder: dict | None) -> dict:
         m, s = self.manifest, self.settings
         return {
             "index_version": self.id,
             "code_kind": m.code_kind,
-            **({"code_spec": spec.to_dict()} if spec else {}),
+            **({"code_spec": self.spec.to_dict()} if self.spec else {}),
             "shards": len(m.shards),
             "items": m.items,
             "nbits": m.nbits,
