@@ -1,5 +1,6 @@
-"""Write the README's results tables from the committed results, and the key tables of
-docs/configuration.md and docs/methods.md from the config dataclasses, between their markers.
+"""Write the results tables of README.md and docs/results.md from the committed results, and the
+key tables of docs/configuration.md and docs/methods.md from the config dataclasses, between
+their markers.
 
     python benchmarks/readme_tables.py           # rewrite the blocks in README.md and docs/*.md
     python benchmarks/readme_tables.py --check   # exit 1, naming each block, where a file disagrees
@@ -49,7 +50,8 @@ METHOD_LABELS = {
 AHEAD_OF_CONTROLS = {"dcuh": "itq", "psch": "itq", "deepquan": "pq"}
 SHORT_NAMES = {"itq": "ITQ", "pq": "PQ"}  # a baseline as the controls sentence names it
 DASH = "—"
-FILES = ("README.md", "docs/configuration.md", "docs/methods.md")  # the files whose blocks are written
+# the files whose blocks are written
+FILES = ("README.md", "docs/results.md", "docs/configuration.md", "docs/methods.md")
 EVERY_CONFIG_BLOCK = "docs/configuration.md"  # must hold every config block: every key of every stage
 MARKER = re.compile(r"(<!-- (results|config):([\w.-]+):start -->\n)(.*?)(<!-- \2:\3:end -->)", re.S)
 
